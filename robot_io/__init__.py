@@ -1,0 +1,1 @@
+"""SafeTwin robot_io package."""

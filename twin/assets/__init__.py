@@ -1,0 +1,1 @@
+"""Bundled robot descriptions (URDF) and their hardware data."""

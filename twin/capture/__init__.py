@@ -1,0 +1,1 @@
+"""Real-to-sim capture: ingest, fusion, segmentation, export."""
