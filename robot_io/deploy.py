@@ -1,0 +1,354 @@
+"""The deploy runner: policy thread + fixed-rate control loop + supervisor, on the virtual robot
+(``port="sim"``) or a real serial bus, writing ``runs/deploy/<id>/``.
+
+``run_deploy(cfg)`` creates the run directory (``config.yaml``, ``meta.json``), then:
+
+1. loads the scene (robot, safety spec, kinematics) and the policy (a checkpoint through the
+   audit gate, or a scripted policy), starts the simulated rig if asked, connects the driver
+   (torque stays off), starts the e-stop monitor, builds the safety filter and the supervisor;
+2. arms (``auto_arm``) once the e-stop permits, and runs ``n_steps`` control periods on the
+   monotonic clock (see :mod:`deploy_loop` for one period); scripted e-stop events and faults
+   fire at their times;
+3. always ends through the safe-shutdown path (also on Ctrl-C, SIGTERM or any exception, D4):
+   Stop 1 (decelerate, hold, torque off) until LATCHED or ``shutdown_timeout_s``, driver
+   disconnect (torque off on every motor), threads stopped, ``summary.json`` written with
+   status ``completed`` or ``aborted``, the event log closed.
+
+Files: ``telemetry.jsonl`` (one record per control period, written by a background thread so
+no file I/O blocks the loop, D1), ``events.jsonl`` (the hash-chained supervisor log; each
+transition is fsynced before motion continues), ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetwin.safety.events import EventLog
+from safetwin.safety.runio import ConfigError, JsonlWriter, atomic_write_json, new_run_dir, save_config
+
+from .deploy_config import DeployConfig
+from .deploy_io import ArmStopActuator
+from .deploy_loop import ControlLoop
+from .deploy_policy import (
+    ChunkMailbox,
+    InjectingPolicy,
+    PolicyThread,
+    ScriptedPolicy,
+    StateBoard,
+    default_observe,
+)
+from .deploy_sim import SimRig
+from .deploy_summary import build_summary
+from .supervisor import Cause, Supervisor, SupervisorState
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DeployConfig", "run_deploy"]
+
+
+class TelemetryWriter(threading.Thread):
+    """Drains telemetry records into ``telemetry.jsonl`` off the control thread; a write
+    failure is remembered and turned into a LOG_FAILURE stop by the loop (D7)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="telemetry", daemon=True)
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.writer = JsonlWriter(path)
+        self.records = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        while (rec := self.queue.get()) is not None:
+            try:
+                self.writer.write(rec)
+                self.records += 1
+            except (OSError, TypeError, ValueError) as exc:
+                self.error = self.error or f"{type(exc).__name__}: {exc}"
+        try:
+            self.writer.close()
+        except OSError as exc:
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join(timeout=10.0)
+
+
+def _load_scene(cfg: DeployConfig, spec: Any, robot_model: Any) -> tuple[Any, Any, Any]:
+    if spec is not None and robot_model is not None:
+        return None, spec, robot_model
+    try:
+        from safetwin.twin.kinematics import Kinematics
+        from safetwin.twin.scene import load_scene
+    except ImportError as exc:
+        raise ConfigError(f"deploy.scene: cannot load scene {cfg.scene!r}: the twin is not available ({exc})") from exc
+    scene = load_scene(cfg.scene)
+    return scene, scene.safety, Kinematics.for_scene(scene)
+
+
+def _load_policy(cfg: DeployConfig, scene: Any, policy: Any) -> Callable[[Any], Any]:
+    if policy is not None:
+        return policy
+    if not cfg.checkpoint:
+        return ScriptedPolicy(cfg.scripted_policy, chunk_len=4, chunk_dt=cfg.chunk_dt)
+    from safetwin.safety.gate import check_deploy_gate
+    from safetwin.train.checkpoint import load_policy
+
+    if scene is None:
+        raise ConfigError("deploy.checkpoint: a checkpoint needs the scene (spec hash and observation)")
+    check_deploy_gate(cfg.checkpoint, scene.safety.sha256(), cfg.port, accept_unaudited=cfg.accept_unaudited)
+    return load_policy(cfg.checkpoint, scene).predict
+
+
+def _check_startup(cfg: DeployConfig, arm: Any, spec: Any) -> None:
+    """Refuse to start on a joint mismatch (A2) or a step clamp faster than the spec allows (A4)."""
+    if tuple(arm.joint_names) != tuple(spec.joint_names):
+        raise ConfigError(f"deploy: driver joints {list(arm.joint_names)} do not match the safety spec's "
+                          f"{list(spec.joint_names)}")
+    vmax = min(j.velocity for j in spec.joints)
+    if cfg.max_step_rad > vmax * cfg.dt + 1e-12:
+        raise ConfigError(f"deploy.max_step_rad: {cfg.max_step_rad} rad per cycle exceeds the slowest joint "
+                          f"velocity limit {vmax} rad/s x {cfg.dt} s = {vmax * cfg.dt:.4f} rad")
+
+
+def _connect_arm(cfg: DeployConfig, sim: SimRig | None, arm: Any) -> Any:
+    if arm is not None:
+        return arm
+    from .driver import ArmConfig, DynamixelArm
+
+    if cfg.port == "sim":
+        arm_cfg = sim.arm_config()
+    else:
+        from .emulator_plant import servo_specs_from_scene
+
+        motors = [{"name": s.joint, "id": s.id, "model": s.model,
+                   **({"secondary_id": s.secondary_id} if s.secondary_id is not None else {})}
+                  for s in servo_specs_from_scene(cfg.scene)]
+        arm_cfg = {"port": cfg.port, "motors": motors}
+    arm_cfg = {**arm_cfg, "timeout_s": cfg.bus_timeout_s, "retries": cfg.bus_retries}
+    driver = DynamixelArm(ArmConfig.from_dict(arm_cfg, "deploy.robot"))
+    driver.connect()
+    return driver
+
+
+class _Run:
+    """Everything one run holds, so the shutdown path can reach it whatever failed."""
+
+    def __init__(self, cfg: DeployConfig, run_dir: Path) -> None:
+        self.cfg, self.dir = cfg, run_dir
+        self.log = EventLog(run_dir / "events.jsonl")
+        self.telemetry = TelemetryWriter(run_dir / "telemetry.jsonl")
+        self.telemetry.start()
+        self.sim: SimRig | None = None
+        self.arm: Any = None
+        self.monitor: Any = None
+        self.sup: Supervisor | None = None
+        self.loop: ControlLoop | None = None
+        self.policy_thread: PolicyThread | None = None
+        self.injector: InjectingPolicy | None = None
+        self.abort: str | None = None
+        self.error: str | None = None
+        self.periods_ms: list[float] = []
+        self.cycle_ms: list[float] = []
+        self.bus_ms: list[float] = []
+        self.misses = 0
+        self.injected: list[dict[str, Any]] = []
+        self.seq = 0
+
+
+def _setup(run: _Run, policy: Any, spec: Any, robot_model: Any, arm: Any,
+           sim_servos: Sequence[Any] | None, virtual_robot: Any) -> None:
+    from safetwin.safety.filter import SafetyFilter
+
+    from .estop import EStopMonitor
+
+    cfg = run.cfg
+    scene, spec, model = _load_scene(cfg, spec, robot_model)
+    policy_fn = _load_policy(cfg, scene, policy)
+    if cfg.port == "sim" or cfg.estop_port == "sim":
+        run.sim = SimRig(cfg.scene, bus=cfg.port == "sim" and arm is None, estop=cfg.estop_port == "sim",
+                         servos=sim_servos, robot=virtual_robot)
+    run.arm = _connect_arm(cfg, run.sim, arm)
+    _check_startup(cfg, run.arm, spec)
+    safety_filter = SafetyFilter.from_spec(spec, model, cfg.dt)
+    estop_port = run.sim.estop.port if cfg.estop_port == "sim" else cfg.estop_port
+    run.monitor = EStopMonitor(estop_port, stale_after_s=cfg.estop_stale_s).start()
+    if cfg.estop_port == "sim":
+        run.sim.estop.send_hello()  # opening the port flushed the boot hello; the box repeats it every 1 s
+    actuator = ArmStopActuator(run.arm)
+    run.sup = Supervisor(cfg.supervisor, run.log, actuator, estop=run.monitor)
+    mailbox, board = ChunkMailbox(), StateBoard()
+    run.injector = InjectingPolicy(policy_fn)
+    run.loop = ControlLoop(cfg, run.arm, run.sup, safety_filter, spec, mailbox, board, actuator, model)
+    run.sup.watch_heartbeat("policy")
+    run.policy_thread = PolicyThread(run.injector, cfg.policy_hz, board, mailbox,
+                                     lambda: run.sup.heartbeat("policy"), default_observe(cfg.instruction))
+    run.policy_thread.start()
+
+
+def _fire_scripts(run: _Run, t_rel: float, pending: list[list[Any]]) -> list[str]:
+    fired = []
+    while pending and pending[0][0] <= t_rel:
+        t, what = pending.pop(0)
+        if what in ("reset", "arm"):
+            ok = run.sup.reset("script") if what == "reset" else run.sup.arm("script")
+            what = f"{what}:{'ok' if ok else 'refused'}"
+        elif what in ("press", "release"):
+            run.sim.estop_event(what)
+        else:
+            run.sim.inject(what, run.injector)
+        run.injected.append({"t_s": t, "what": what, "seq": run.seq})
+        run.sup.record("injected", what=what, t_s=t)
+        fired.append(what)
+    return fired
+
+
+def _cycle(run: _Run, now: float, period_ms: float, fired: list[str]) -> None:
+    t0 = time.monotonic()
+    rec = run.loop.step(now)
+    run.cycle_ms.append((time.monotonic() - t0) * 1e3)
+    if run.telemetry.error and Cause.LOG_FAILURE not in run.sup.active:
+        run.sup.trip(Cause.LOG_FAILURE, f"telemetry writer failed: {run.telemetry.error}")
+    rec.update({"seq": run.seq, "t_mono": now, "period_ms": period_ms, "injected": fired,
+                "cycle_ms": run.cycle_ms[-1]})
+    run.telemetry.queue.put(rec)
+    run.seq += 1
+
+
+def _control(run: _Run, steps: int, until: Callable[[], bool] | None = None) -> None:
+    """Run up to ``steps`` periods at ``control_hz`` (monotonic clock); stop early on abort/``until``."""
+    cfg = run.cfg
+    pending = [list(e) for e in sorted(cfg.estop_script + cfg.fault_script)] if until is None else []
+    next_t = start = time.monotonic()
+    prev = None
+    for _ in range(steps):
+        if (until is None and run.abort) or (until is not None and until()):
+            return
+        delay = next_t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        now = time.monotonic()
+        period_ms = cfg.dt * 1e3 if prev is None else (now - prev) * 1e3
+        prev = now
+        run.periods_ms.append(period_ms)
+        _cycle(run, now, period_ms, _fire_scripts(run, now - start, pending))
+        missed = time.monotonic() > next_t + cfg.dt
+        run.misses += missed
+        run.sup.report_loop_overrun(missed)
+        next_t += cfg.dt
+        if time.monotonic() > next_t:
+            next_t = time.monotonic()  # behind schedule: resynchronise, never burst to catch up
+
+
+def _shutdown(run: _Run, status: str) -> dict[str, Any]:
+    """D4: Stop 1 to LATCHED (bounded), torque off, threads stopped, summary written."""
+    cfg = run.cfg
+    if run.policy_thread is not None:
+        run.policy_thread.stop()
+    if run.sup is not None and run.loop is not None:
+        if run.sup.state in (SupervisorState.ARMED, SupervisorState.DISARMED):
+            run.sup.trip(Cause.OPERATOR if run.error is None else Cause.EXCEPTION,
+                         run.error or run.abort or "end of run")
+        try:
+            _control(run, int(cfg.shutdown_timeout_s * cfg.control_hz) + 1,
+                     until=lambda: run.sup.state is SupervisorState.LATCHED)
+        except Exception as exc:  # noqa: BLE001 - the torque-off below must still run (E6)
+            logger.error("stop sequence failed during shutdown: %s", exc)
+    energised: list[str] = []
+    if run.arm is not None:
+        try:
+            run.arm.disconnect()
+        except Exception as exc:  # noqa: BLE001 - reported; the rest of the shutdown continues
+            energised = list(getattr(exc, "possibly_energised", ()) or ["unknown"])
+            logger.error("disconnect failed: %s", exc)
+    if run.policy_thread is not None:
+        run.policy_thread.join(timeout=5.0)
+    if run.monitor is not None:
+        run.monitor.close()
+    run.telemetry.finish()
+    summary = build_summary(run, status, energised)
+    try:
+        run.log.close(state=run.sup.state.value if run.sup else "")
+    except OSError as exc:
+        summary["event_log_error"] = str(exc)
+    summary["event_log"] = {"records": run.log.count, "head_sha256": run.log.head_sha256,
+                            "failed": run.log.failed}
+    if run.sim is not None:
+        run.sim.close()
+    atomic_write_json(run.dir / "summary.json", summary)
+    return summary
+
+
+def run_deploy(cfg: DeployConfig, *, policy: Any = None, spec: Any = None, robot_model: Any = None,
+               arm: Any = None, sim_servos: Sequence[Any] | None = None, virtual_robot: Any = None) -> Path:
+    """Run one deploy and return its run directory (see the module docstring).
+
+    The keyword arguments replace what the config would load: ``policy`` (any callable
+    ``obs -> (k, d)``), ``spec`` + ``robot_model`` (instead of the scene), ``arm`` (a connected
+    object with the driver interface), ``sim_servos`` (a kinematic virtual arm instead of the
+    scene's pybullet one), ``virtual_robot`` (a started ``VirtualRobot`` the caller owns, e.g.
+    to watch the bytes it receives). Exceptions propagate after the safe-shutdown path has run.
+    """
+    run_dir = new_run_dir(cfg.run_dir)
+    save_config(run_dir, cfg, cfg.seed)
+    run = _Run(cfg, run_dir)
+    handlers: dict[int, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        run.abort = signal.Signals(signum).name
+        logger.warning("%s received: running the safe-shutdown path", run.abort)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, on_signal)
+    status = "aborted"
+    try:
+        _setup(run, policy, spec, robot_model, arm, sim_servos, virtual_robot)
+        _wait_and_arm(run)
+        _control(run, cfg.n_steps)
+        status = "aborted" if run.abort else "completed"
+    except BaseException as exc:
+        run.error = f"{type(exc).__name__}: {exc}"
+        logger.error("deploy failed: %s", run.error)
+        raise
+    finally:
+        try:
+            _shutdown(run, status)
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+    return run_dir
+
+
+def _wait_and_arm(run: _Run, timeout_s: float = 2.0) -> None:
+    """Wait (bounded) for the e-stop permissive and the first action chunk, then send the arm
+    command if ``auto_arm``; the policy starts from a first state read."""
+    from .serial_bus import CommError, DisconnectedError, ServoStatusError
+
+    end = time.monotonic() + timeout_s
+    while True:  # keep the policy's state fresh while waiting; a transient read failure is retried
+        try:
+            obs = run.arm.get_observation()
+        except (CommError, ServoStatusError) as exc:
+            if isinstance(exc, DisconnectedError) or time.monotonic() > end:
+                raise
+            logger.warning("state read before arming failed (retrying): %s", exc)
+            time.sleep(0.01)
+            continue
+        run.loop.board.put(obs["t_mono"], np.asarray(obs["position"], dtype=float),
+                           np.asarray(obs["velocity"], dtype=float))
+        chunk = run.loop.mailbox.latest()
+        fresh = chunk is not None and obs["t_mono"] - chunk.t_obs < run.cfg.policy_deadline_s / 2
+        if (run.monitor.permits_motion() and fresh) or time.monotonic() > end or run.abort:
+            break
+        time.sleep(0.01)
+    if run.cfg.auto_arm and not run.abort and not run.sup.arm("auto_arm"):
+        logger.warning("auto-arm refused: %s", run.sup.summary()["persisting"])

@@ -1,0 +1,71 @@
+"""``summary.json`` of a deploy run: status, every stop with cause and T_stop, loop-time
+statistics, comm faults by type, interventions and rejected inputs (F1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetwin.safety.runio import sha256_file
+
+
+def stats_ms(values: list[float]) -> dict[str, float | None]:
+    """p50 / p99 / max / mean of a list of milliseconds (None when empty)."""
+    if not values:
+        return {"p50": None, "p99": None, "max": None, "mean": None, "n": 0}
+    arr = np.asarray(values, dtype=float)
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
+            "max": float(arr.max()), "mean": float(arr.mean()), "n": int(arr.size)}
+
+
+def build_summary(run: Any, status: str, energised: list[str]) -> dict[str, Any]:
+    """Collect the summary of ``run`` (a ``deploy._Run``); never raises on a partial run."""
+    cfg, sup, loop, arm = run.cfg, run.sup, run.loop, run.arm
+    n = len(run.periods_ms)
+    counts = dict(loop.counts) if loop is not None else {}
+    policy = run.policy_thread
+    out: dict[str, Any] = {
+        "status": status, "error": run.error, "abort_signal": run.abort, "cycles": n,
+        "control_hz": cfg.control_hz, "policy_hz": cfg.policy_hz,
+        "loop": {"period_ms": stats_ms(run.periods_ms), "cycle_ms": stats_ms(run.cycle_ms),
+                 "deadline_misses": run.misses, "deadline_miss_rate": run.misses / n if n else None},
+        "stops": sup.summary()["stops"] if sup else [],
+        "supervisor": ({k: v for k, v in sup.summary().items() if k != "stops"} if sup else None),
+        "faults_by_type": counts,
+        "interventions": {"filter": counts.get("filter_interventions", 0),
+                          "clamps": sum(v for k, v in counts.items() if k == "clamp"),
+                          "rejected_actions": counts.get("action_rejected", 0),
+                          "holds": sum(counts.get(k, 0) for k in ("no_action", "deadline_miss",
+                                                                  "chunk_exhausted", "stale_action"))},
+        "comm_faults": _comm_faults(arm),
+        "possibly_energised": energised,
+        "policy": None if policy is None else {
+            "chunks": loop.mailbox.published if loop else 0, "errors": policy.errors,
+            "last_error": policy.last_error, "latency_ms": stats_ms(policy.latencies_ms)},
+        "telemetry_records": run.telemetry.records, "telemetry_error": run.telemetry.error,
+        "telemetry_missing": run.seq - run.telemetry.records,  # F2: > 0 means a gap in the record
+        "config_sha256": _sha(run.dir / "config.yaml"), "seed": cfg.seed,
+        "injected": run.injected,
+        "driver": _describe(arm),
+    }
+    return out
+
+
+def _comm_faults(arm: Any) -> dict[str, int] | None:
+    bus = getattr(arm, "bus", None)
+    try:
+        return dict(bus.fault_counts()) if bus is not None else None
+    except Exception:  # noqa: BLE001 - a summary of a failed run must still be written
+        return None
+
+
+def _describe(arm: Any) -> dict[str, Any] | None:
+    try:
+        return arm.describe() if arm is not None and hasattr(arm, "describe") else None
+    except Exception:  # noqa: BLE001 - a summary of a failed run must still be written
+        return None
+
+
+def _sha(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None

@@ -1,0 +1,302 @@
+"""The CBF-QP safety filter: the last software line between any policy and the motors.
+
+``SafetyFilter.from_spec(spec, robot_model, dt)`` builds it; ``certify(state, nominal)`` returns
+``(qd, FilterReport)``: joint velocities (n,) rad/s for the next period ``dt`` s that are closest
+to the nominal command while satisfying every hard constraint of the spec (see
+:mod:`safetwin.safety.filter_rows`), or the brake command when anything is in doubt.
+
+Fail closed: non-finite input, a robot-model error, degenerate geometry, an infeasible QP, a
+solver exception, an iteration limit, a solve over ``spec.filter.time_budget_s``, a solver
+output that is non-finite or violates a constraint by more than ``spec.filter.slack_tolerance``
+all return :meth:`SafetyFilter.brake` (decelerate toward zero velocity within the acceleration
+limits), never the nominal and never an unverified iterate; ``FilterReport.reason`` says why.
+
+Frames and units: base frame, m, rad, rad/s, s. This module imports nothing else of SafeTwin's
+outside ``safetwin.safety``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import filter_rows as rows
+from .filter_config import FilterConfigError, validate_setup
+from .qp import OPTIMAL, DaqpSolver, QPProblem, QPSolver, infeasibility_slack
+from .robot_model import RobotModel
+from .spec import Obstacle, SafetySpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FilterConfigError", "FilterReport", "FilterState", "Nominal", "SafetyFilter"]
+
+SINGULAR_TOL = 1e-6
+"""Smallest singular value (m/rad) of the end-effector Jacobian accepted for a twist nominal."""
+ACTIVE_TOL = 1e-7
+"""A constraint within this (relative) distance of its bound is reported as active."""
+
+
+@dataclass(frozen=True)
+class FilterState:
+    """Measured state: ``q`` (n,) rad, ``dq`` (n,) rad/s; ``obstacles`` (base frame) overrides
+    ``spec.obstacles`` with the current poses when given."""
+
+    q: np.ndarray
+    dq: np.ndarray
+    obstacles: tuple[Obstacle, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Nominal:
+    """The command to certify: ``kind="joint"``: joint velocities (n,) rad/s; ``kind="twist"``:
+    end-effector twist (6,) ``[v (m/s); omega (rad/s)]`` in the base frame."""
+
+    kind: str
+    value: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("joint", "twist"):
+            raise ValueError(f"Nominal.kind must be 'joint' or 'twist', got {self.kind!r}")
+
+    @classmethod
+    def joint(cls, qd: Sequence[float] | np.ndarray) -> Nominal:
+        return cls("joint", np.asarray(qd, dtype=float))
+
+    @classmethod
+    def twist(cls, twist: Sequence[float] | np.ndarray) -> Nominal:
+        return cls("twist", np.asarray(twist, dtype=float))
+
+
+@dataclass(frozen=True)
+class FilterReport:
+    """What one :meth:`SafetyFilter.certify` call did.
+
+    feasible: the QP was solved and its output verified; False means the brake was returned.
+    reason: ``ok``, ``infeasible``, ``max_iter``, ``slack``, ``nonfinite_input``,
+        ``nonfinite_output``, ``timeout``, ``solver_error``, ``degenerate`` or ``model_error``.
+    slack: largest constraint violation of the solver output (rad/s or m/s); for an infeasible
+        QP, the smallest relaxation of all constraints that would make it feasible (diagnosis
+        only); inf when neither applies.
+    correction_norm: ``|qd - qd_free|`` rad/s, ``qd_free`` the unconstrained optimum (the nominal
+        itself for a joint nominal); for a brake, the distance from that optimum to the brake.
+    active: names of the constraints at their bound.
+    min_barrier: smallest barrier value at the current state (rad for joint limits, m otherwise).
+    solve_time_s: wall time of the QP solve (s, monotonic clock).
+    braked: the brake command was returned.
+    """
+
+    feasible: bool
+    reason: str
+    slack: float
+    correction_norm: float
+    active: tuple[str, ...]
+    min_barrier: float
+    solve_time_s: float
+    braked: bool
+
+
+@dataclass
+class FilterProblem:
+    """The assembled QP of one call, with what is needed to explain its solution."""
+
+    qp: QPProblem
+    row_names: tuple[str, ...]
+    barrier: np.ndarray
+    lows: np.ndarray
+    highs: np.ndarray
+    free: np.ndarray
+    min_barrier: float
+    reason: str | None = None
+    points: tuple[str, ...] = field(default=())
+
+
+class SafetyFilter:
+    """CBF-QP filter over the joint velocities of ``robot_model`` for periods of ``dt`` s.
+
+    Args:
+        spec: every limit and the filter's tuning (``spec.filter``).
+        robot_model: any :class:`RobotModel` whose ``joint_names`` equal ``spec.joint_names``.
+        dt: control period (s).
+        solver: QP solver hook (default :class:`DaqpSolver`).
+        jacobian_lipschitz: bound (m/rad^2) on second derivatives of point positions, for the
+            sampled-data margin; default ``4 * reach`` (``reach`` the farthest point from the base
+            origin over sampled configurations), valid for revolute chains whose joint origins
+            lie within that reach. Use 0.0 for models that are linear in ``q``.
+    """
+
+    def __init__(self, spec: SafetySpec, robot_model: RobotModel, dt: float, *,
+                 solver: QPSolver | None = None, jacobian_lipschitz: float | None = None) -> None:
+        setup = validate_setup(spec, robot_model, dt, jacobian_lipschitz)
+        self.spec, self.robot, self.dt = spec, robot_model, float(dt)
+        self.n = len(spec.joints)
+        self.solver: QPSolver = solver if solver is not None else DaqpSolver()
+        self.limits = rows.Limits.from_spec(spec)
+        self.moving = setup.moving_spheres
+        self.lipschitz = setup.lipschitz
+        self.points = ("ee",) + tuple(robot_model.sphere_names[i] for i in self.moving)
+        self._obstacles = rows.ObstacleArrays.from_obstacles(spec.obstacles)
+        self._names_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._joint_names = spec.joint_names
+        self._last_brake: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: SafetySpec, robot_model: RobotModel, dt: float, **kwargs: object
+                  ) -> SafetyFilter:
+        """Build a filter; raises :class:`FilterConfigError` on an invalid setup (scenario B8)."""
+        return cls(spec, robot_model, dt, **kwargs)  # type: ignore[arg-type]
+
+    # ----------------------------------------------------------------------------- the brake
+    def brake(self, dq: np.ndarray) -> np.ndarray:
+        """Decelerate toward zero within the acceleration limits: ``dq - clip(dq, +-a_max dt)``
+        (rad/s); joints whose velocity is not finite are commanded 0."""
+        dq = np.where(np.isfinite(dq), dq, 0.0)
+        step = self.limits.acceleration * self.dt
+        return dq - np.clip(dq, -step, step)
+
+    def _braked(self, dq: np.ndarray, reason: str, free: np.ndarray | None, min_barrier: float,
+                slack: float = math.inf, solve_time: float = 0.0) -> tuple[np.ndarray, FilterReport]:
+        cmd = self.brake(dq)
+        corr = float(np.linalg.norm(cmd - free)) if free is not None and np.all(np.isfinite(free)) \
+            else math.inf
+        log = logger.debug if reason == self._last_brake else logger.warning  # once per episode of braking
+        log("safety filter braked: %s (min barrier %.4g)", reason, min_barrier)
+        self._last_brake = reason
+        return cmd, FilterReport(feasible=False, reason=reason, slack=slack, correction_norm=corr,
+                                 active=(), min_barrier=min_barrier, solve_time_s=solve_time,
+                                 braked=True)
+
+    # ----------------------------------------------------------------------------- assembly
+    def _check_shapes(self, state: FilterState, nominal: Nominal) -> tuple[np.ndarray, ...]:
+        q, dq = np.asarray(state.q, dtype=float), np.asarray(state.dq, dtype=float)
+        want = self.n if nominal.kind == "joint" else 6
+        for name, arr, size in (("q", q, self.n), ("dq", dq, self.n),
+                                (f"nominal ({nominal.kind})", nominal.value, want)):
+            if arr.shape != (size,):
+                raise ValueError(f"SafetyFilter.certify: {name} must have shape ({size},) for joints "
+                                 f"{list(self._joint_names)}, got {arr.shape}")
+        return q, dq, np.asarray(nominal.value, dtype=float)
+
+    def _objective(self, nominal: Nominal, value: np.ndarray, jac6: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
+        """Least-squares objective ``(A, c)``, its unconstrained optimum, and a degeneracy reason."""
+        if nominal.kind == "joint":
+            return np.eye(self.n), value, value, None
+        sv = np.linalg.svd(jac6, compute_uv=False)
+        reg = math.sqrt(self.spec.filter.regularization)
+        A = np.vstack([jac6, reg * np.eye(self.n)])
+        c = np.concatenate([value, np.zeros(self.n)])
+        free = np.linalg.solve(A.T @ A, A.T @ c)
+        singular = sv[min(6, self.n) - 1] < SINGULAR_TOL
+        return A, c, free, ("degenerate" if singular else None)
+
+    def _row_names(self, obs: rows.ObstacleArrays) -> tuple[str, ...]:
+        if obs.names not in self._names_cache:
+            self._names_cache[obs.names] = rows.row_names(self.limits, self.points, obs.names)
+        return self._names_cache[obs.names]
+
+    def build(self, state: FilterState, nominal: Nominal) -> FilterProblem:
+        """Assemble the QP for ``state`` and ``nominal`` (inputs assumed finite)."""
+        q, dq, value = self._check_shapes(state, nominal)
+        return self._build(q, dq, nominal, value, state.obstacles)
+
+    def _build(self, q: np.ndarray, dq: np.ndarray, nominal: Nominal, value: np.ndarray,
+               obstacles: tuple[Obstacle, ...] | None) -> FilterProblem:
+        obs = self._obstacles if obstacles is None else rows.ObstacleArrays.from_obstacles(obstacles)
+        ee_p, _rot = self.robot.ee_pose(q)
+        jac6 = np.asarray(self.robot.ee_jacobian(q), dtype=float)
+        centers, radii, sjac = self.robot.spheres(q)
+        p = np.concatenate([np.asarray(ee_p, float)[None], np.asarray(centers, float)[self.moving]])
+        r = np.concatenate([(0.0,), np.asarray(radii, float)[self.moving]])
+        jac = np.concatenate([jac6[None, :3], np.asarray(sjac, float)[self.moving]])
+        A, c, free, reason = self._objective(nominal, value, jac6)
+        lb, ub, lows, highs = rows.joint_bounds(self.limits, q, dq, self.dt)
+        margin = rows.fk_margin(self.lipschitz, lb, ub, self.dt)
+        G, b, h = rows.cartesian_rows(self.limits, obs, p, r, jac, jac6[:3], self.dt, margin)
+        e = len(self.limits.ee_normals)
+        joint_h = np.minimum(q - self.limits.lower, self.limits.upper - q)
+        min_barrier = float(min(joint_h.min(), h[e:].min(initial=math.inf)))
+        if not math.isfinite(float(G.sum() + b.sum() + A.sum() + free.sum())):
+            reason = "degenerate"
+        else:
+            blocked = b < 0.0
+            if blocked.any() and np.any(np.einsum("ij,ij->i", G[blocked], G[blocked])
+                                        < rows.DEGENERATE_ROW_NORM ** 2):
+                reason = reason or "degenerate"
+        qp = QPProblem(A=A, c=c, G=G, b=b, lb=lb, ub=ub)
+        return FilterProblem(qp=qp, row_names=self._row_names(obs), barrier=h, lows=lows, highs=highs,
+                             free=free, min_barrier=min_barrier, reason=reason, points=self.points)
+
+    # ----------------------------------------------------------------------------- certify
+    def certify(self, state: FilterState, nominal: Nominal) -> tuple[np.ndarray, FilterReport]:
+        """Certify ``nominal`` at ``state``: ``(qd (n,) rad/s, FilterReport)``.
+
+        Raises ``ValueError`` only for wrong array shapes (a programming error, scenario A2);
+        every other problem returns the brake command with the reason in the report.
+        """
+        q, dq, value = self._check_shapes(state, nominal)
+        obstacles_ok = state.obstacles is None or \
+            rows.ObstacleArrays.from_obstacles(state.obstacles).finite()
+        if not (math.isfinite(float(q.sum() + dq.sum() + value.sum())) and obstacles_ok):
+            return self._braked(dq, "nonfinite_input", None, math.nan)
+        try:
+            fp = self._build(q, dq, nominal, value, state.obstacles)
+        except Exception as exc:  # noqa: BLE001 - a failing robot model must brake, never propagate
+            logger.error("safety filter: robot model / assembly failed: %s: %s", type(exc).__name__, exc)
+            return self._braked(dq, "model_error", None, math.nan)
+        if fp.reason is not None:
+            return self._braked(dq, fp.reason, fp.free, fp.min_barrier)
+        if np.any(fp.qp.lb > fp.qp.ub):
+            return self._braked(dq, "infeasible", fp.free, fp.min_barrier, slack=infeasibility_slack(fp.qp))
+        return self._solve(fp, dq)
+
+    def _solve(self, fp: FilterProblem, dq: np.ndarray) -> tuple[np.ndarray, FilterReport]:
+        t0 = time.perf_counter()
+        try:
+            result = self.solver(fp.qp)
+        except Exception as exc:  # noqa: BLE001 - any solver failure must brake, never propagate
+            logger.error("safety filter: QP solver raised %s: %s", type(exc).__name__, exc)
+            return self._braked(dq, "solver_error", fp.free, fp.min_barrier,
+                                solve_time=time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        if elapsed > self.spec.filter.time_budget_s:
+            return self._braked(dq, "timeout", fp.free, fp.min_barrier, solve_time=elapsed)
+        if result.status != OPTIMAL or result.x is None:
+            reason = result.status if result.status in ("infeasible", "max_iter") else "solver_error"
+            slack = infeasibility_slack(fp.qp) if reason == "infeasible" else math.inf
+            return self._braked(dq, reason, fp.free, fp.min_barrier, slack=slack, solve_time=elapsed)
+        x = np.array(result.x, dtype=float, copy=True)
+        if x.shape != (self.n,) or not math.isfinite(float(x.sum())):
+            return self._braked(dq, "nonfinite_output", fp.free, fp.min_barrier, solve_time=elapsed)
+        slack = fp.qp.violation(x)
+        if slack > self.spec.filter.slack_tolerance:
+            return self._braked(dq, "slack", fp.free, fp.min_barrier, slack=slack, solve_time=elapsed)
+        self._last_brake = None
+        report = FilterReport(feasible=True, reason="ok", slack=slack,
+                              correction_norm=math.sqrt(float((x - fp.free) @ (x - fp.free))),
+                              active=self._active(fp, x), min_barrier=fp.min_barrier,
+                              solve_time_s=elapsed, braked=False)
+        return x, report
+
+    def _active(self, fp: FilterProblem, x: np.ndarray) -> tuple[str, ...]:
+        qp = fp.qp
+        names = [fp.row_names[i] for i in np.flatnonzero(qp.b - qp.G @ x <= ACTIVE_TOL * (1.0 + np.abs(qp.b)))]
+        for j in np.flatnonzero(x - qp.lb <= ACTIVE_TOL * (1.0 + np.abs(qp.lb))):
+            names.append(f"{rows.JOINT_SOURCES[int(np.argmax(fp.lows[:, j]))]}_lower[{self._joint_names[j]}]")
+        for j in np.flatnonzero(qp.ub - x <= ACTIVE_TOL * (1.0 + np.abs(qp.ub))):
+            names.append(f"{rows.JOINT_SOURCES[int(np.argmin(fp.highs[:, j]))]}_upper[{self._joint_names[j]}]")
+        return tuple(names)
+
+    def with_spec(self, spec: SafetySpec) -> SafetyFilter:
+        """A new filter with the same robot, period and solver for another spec."""
+        return SafetyFilter(spec, self.robot, self.dt, solver=self.solver,
+                            jacobian_lipschitz=self.lipschitz)
+
+
+def spec_with_filter(spec: SafetySpec, **params: float) -> SafetySpec:
+    """``spec`` with some ``spec.filter`` fields replaced (e.g. ``time_budget_s``)."""
+    return replace(spec, filter=replace(spec.filter, **params))

@@ -1,0 +1,230 @@
+"""Constraint rows of the safety filter QP, generated from a :class:`SafetySpec`.
+
+Decision variable: joint velocities ``u`` (n,) rad/s held for one period ``dt`` (s), so the next
+sample is ``q+ = q + u dt``. Every barrier ``h`` uses the discrete-time condition
+``h(x+) >= (1 - gamma) h(x)``:
+
+* joint position: ``h = upper - q`` and ``q - lower`` are linear in ``q``, so the condition is
+  exact: ``u <= gamma (upper - q) / dt`` and ``u >= -gamma (q - lower) / dt`` (simple bounds);
+* velocity ``|u| <= v_max`` and acceleration ``|u - dq| <= a_max dt`` (simple bounds), and a
+  braking-distance bound that keeps every joint able to stop inside its range (see
+  :func:`joint_bounds`);
+* Cartesian barriers on *points* (the end effector, radius 0, and every link sphere that moves):
+  workspace faces, the nearest face of each keep-out box, the signed distance to each obstacle's
+  box. Each such ``h`` is convex in the point ``p`` (m, base frame), so
+  ``h(p+) >= h(p) + grad_h . (p+ - p)``; the forward-kinematics step error obeys
+  ``|p+ - p - J_p u dt| <= 0.5 L (dt * sum_i |u_i|)^2`` with ``L`` (m/rad^2) a bound on the second
+  derivatives of point positions. That bound, ``fk_margin``, is subtracted from every Cartesian
+  barrier so it holds at the next *sample*, not only in continuous time. Keep-out boxes and
+  obstacles also subtract ``spec.filter.distance_margin``. The right-hand side is further capped
+  by a braking-distance term (:func:`_barrier_rhs`) so points slow down before a barrier;
+* end-effector linear speed: ``N J_v u <= c`` with the 26 face normals ``N`` of a polytope
+  inscribed in the ball of radius ``ee_speed_max`` (an inner approximation, so it stays a QP).
+
+``G u <= b`` rows are in m/s (Cartesian). This module imports nothing else of SafeTwin's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .spec import Obstacle, SafetySpec
+
+AXES = "xyz"
+CARTESIAN_BRAKE_FRACTION = 0.5
+"""Share of a barrier row's best-case deceleration that the braking-distance cap assumes (the
+other joints' limits and the changing Jacobian take the rest); a shaping factor, not a limit."""
+DEGENERATE_ROW_NORM = 1e-9
+"""A barrier row whose gradient norm (m/s per rad/s) is below this has no control authority."""
+
+
+def ee_speed_polytope(ee_speed_max: float) -> tuple[np.ndarray, float]:
+    """Face normals ``N`` (26, 3) and offset ``c`` (m/s) with ``{v : N v <= c}`` inside the ball
+    ``|v| <= ee_speed_max``: ``c`` is scaled so the polytope's farthest vertex lies on the sphere."""
+    normals = np.array([v for v in itertools.product((-1.0, 0.0, 1.0), repeat=3) if any(v)])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    farthest = 0.0
+    for idx in itertools.combinations(range(len(normals)), 3):
+        face = normals[list(idx)]
+        if abs(np.linalg.det(face)) < 1e-9:
+            continue
+        vertex = np.linalg.solve(face, np.ones(3))
+        if np.all(normals @ vertex <= 1.0 + 1e-9):
+            farthest = max(farthest, float(np.linalg.norm(vertex)))
+    return normals, ee_speed_max / farthest
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The spec's limits as arrays. Joint arrays (n,) in rad, rad/s, rad/s^2; boxes (K, 3) m."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    velocity: np.ndarray
+    acceleration: np.ndarray
+    ws_lo: np.ndarray
+    ws_hi: np.ndarray
+    keep_lo: np.ndarray
+    keep_hi: np.ndarray
+    keep_names: tuple[str, ...]
+    gamma: float
+    distance_margin: float
+    ee_normals: np.ndarray
+    ee_offset: float
+
+    @classmethod
+    def from_spec(cls, spec: SafetySpec) -> Limits:
+        normals, offset = ee_speed_polytope(spec.ee_speed_max)
+        keep = spec.keepout
+        return cls(
+            lower=np.array([j.lower for j in spec.joints]), upper=np.array([j.upper for j in spec.joints]),
+            velocity=np.array([j.velocity for j in spec.joints]),
+            acceleration=np.array([j.acceleration for j in spec.joints]),
+            ws_lo=np.array(spec.workspace.lo, float), ws_hi=np.array(spec.workspace.hi, float),
+            keep_lo=np.array([k.lo for k in keep], float).reshape(-1, 3),
+            keep_hi=np.array([k.hi for k in keep], float).reshape(-1, 3),
+            keep_names=tuple(k.name for k in keep), gamma=spec.filter.gamma,
+            distance_margin=spec.filter.distance_margin, ee_normals=normals, ee_offset=offset)
+
+
+@dataclass(frozen=True)
+class ObstacleArrays:
+    """Obstacle boxes as arrays: ``centers`` (O, 3) m base frame, ``half`` (O, 3) m, ``names``."""
+
+    centers: np.ndarray
+    half: np.ndarray
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_obstacles(cls, obstacles: Sequence[Obstacle]) -> ObstacleArrays:
+        return cls(centers=np.array([o.center for o in obstacles], float).reshape(-1, 3),
+                   half=np.array([o.half_extents for o in obstacles], float).reshape(-1, 3),
+                   names=tuple(o.name for o in obstacles))
+
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.centers)) and np.all(np.isfinite(self.half))
+                    and np.all(self.half >= 0.0))
+
+
+JOINT_SOURCES = ("velocity", "acceleration", "position", "braking")
+
+
+def joint_bounds(lim: Limits, q: np.ndarray, dq: np.ndarray, dt: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Simple bounds on ``u`` (rad/s): ``(lb, ub, lows, highs)``; ``lows``/``highs`` (4, n) hold
+    the candidates in the order of :data:`JOINT_SOURCES` (to name the active one in reports).
+
+    Besides the barrier, velocity and acceleration bounds, ``braking`` keeps the joint limits
+    persistently feasible under the acceleration limit (no brake needed near a limit). With
+    ``lam = gamma / dt`` and ``h_star = a / lam^2``: below ``h_star`` the barrier rate alone is
+    self-sustaining (``lam^2 h dt <= a dt``); above it the next sample must be able to brake at
+    ``a`` while keeping ``u <= lam h`` all the way, which holds when
+    ``u^2 + 2 a dt u <= 2 a (h - h_star / 2)``, i.e.
+    ``u <= -a dt + sqrt(a^2 dt^2 + 2 a (h - h_star / 2))`` for ``h = upper - q`` (mirrored at
+    ``lower``). Units: rad, rad/s, rad/s^2.
+    """
+    g, a = lim.gamma / dt, lim.acceleration
+    adt = a * dt
+    h_star = a / (g * g)
+    h_hi, h_lo = lim.upper - q, q - lim.lower
+    stop_hi = np.where(h_hi > h_star, -adt + np.sqrt(np.maximum(adt * adt + 2 * a * (h_hi - 0.5 * h_star), 0.0)),
+                       np.inf)
+    stop_lo = np.where(h_lo > h_star, adt - np.sqrt(np.maximum(adt * adt + 2 * a * (h_lo - 0.5 * h_star), 0.0)),
+                       -np.inf)
+    lows = np.stack([-lim.velocity, dq - adt, -g * h_lo, stop_lo])
+    highs = np.stack([lim.velocity, dq + adt, g * h_hi, stop_hi])
+    return lows.max(axis=0), highs.min(axis=0), lows, highs
+
+
+def fk_margin(lipschitz: float, lb: np.ndarray, ub: np.ndarray, dt: float) -> float:
+    """Bound (m) on the one-step linearisation error of any point for ``lb <= u <= ub``."""
+    reach = float(np.sum(np.maximum(np.abs(lb), np.abs(ub)))) * dt
+    return 0.5 * lipschitz * reach * reach
+
+
+def row_names(lim: Limits, points: Sequence[str], obstacles: Sequence[str]) -> tuple[str, ...]:
+    """Names of the ``G u <= b`` rows in the order :func:`cartesian_rows` stacks them."""
+    names = [f"ee_speed[{i}]" for i in range(len(lim.ee_normals))]
+    names += [f"workspace.{a}_hi[{p}]" for p in points for a in AXES]
+    names += [f"workspace.{a}_lo[{p}]" for p in points for a in AXES]
+    names += [f"keepout[{k}][{p}]" for p in points for k in lim.keep_names]
+    names += [f"distance[{o}][{p}]" for p in points for o in obstacles]
+    return tuple(names)
+
+
+_FACE_NORMALS = np.vstack([np.eye(3), -np.eye(3)])
+"""Outward normals of the six faces of an axis-aligned box: +x, +y, +z, -x, -y, -z."""
+
+
+def _box_signed_distance(p: np.ndarray, centers: np.ndarray, half: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance (P, O) m from points ``p`` (P, 3) to boxes, and its gradient (P, O, 3):
+    the unit vector from the nearest surface point outside, the deepest face's normal inside."""
+    d = p[:, None, :] - centers[None, :, :]
+    sign = np.where(d >= 0.0, 1.0, -1.0)
+    excess = np.abs(d) - half[None, :, :]
+    outside = np.maximum(excess, 0.0)
+    out_norm = np.sqrt(np.einsum("poc,poc->po", outside, outside))
+    is_out = out_norm > 0.0
+    inside_grad = np.eye(3)[np.argmax(excess, axis=2)]
+    grad = np.where(is_out[..., None], outside / np.where(is_out, out_norm, 1.0)[..., None], inside_grad)
+    return out_norm + np.minimum(np.max(excess, axis=2), 0.0), grad * sign
+
+
+def cartesian_rows(lim: Limits, obs: ObstacleArrays, p: np.ndarray, r: np.ndarray, jac: np.ndarray,
+                   jv_ee: np.ndarray, dt: float, margin: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``G`` (R, n), ``b`` (R,) m/s, barrier values ``h`` (R,) m (NaN for speed rows), in
+    the order of :func:`row_names`.
+
+    Args:
+        p, r, jac: point positions (P, 3) m base frame, radii (P,) m, Jacobians (P, 3, n).
+        jv_ee: linear end-effector Jacobian (3, n).
+        margin: the sampled-data margin from :func:`fk_margin` (m).
+    """
+    npts, _, n = jac.shape
+    e, k, o = len(lim.ee_normals), len(lim.keep_names), len(obs.names)
+    ends = np.cumsum([e, 3 * npts, 3 * npts, npts * k, npts * o])
+    G, h = np.empty((ends[-1], n)), np.empty(ends[-1])
+    G[:e], h[:e] = lim.ee_normals @ jv_ee, np.nan
+    flat = jac.reshape(-1, n)
+    G[ends[0]:ends[1]], G[ends[1]:ends[2]] = flat, -flat
+    h[ends[0]:ends[1]] = (lim.ws_hi[None] - p - r[:, None]).ravel()
+    h[ends[1]:ends[2]] = (p - r[:, None] - lim.ws_lo[None]).ravel()
+    if k:
+        faces = np.concatenate([p[:, None, :] - lim.keep_hi[None], lim.keep_lo[None] - p[:, None, :]], axis=2)
+        normal = _FACE_NORMALS[np.argmax(faces, axis=2)]  # (P, K, 3)
+        G[ends[2]:ends[3]] = -np.einsum("pkc,pcn->pkn", normal, jac).reshape(-1, n)
+        h[ends[2]:ends[3]] = (np.max(faces, axis=2) - r[:, None] - lim.distance_margin).ravel()
+    if o:
+        dist, grad = _box_signed_distance(p, obs.centers, obs.half)
+        G[ends[3]:] = -np.einsum("poc,pcn->pon", grad, jac).reshape(-1, n)
+        h[ends[3]:] = (dist - r[:, None] - lim.distance_margin).ravel()
+    b = np.empty_like(h)
+    b[:e] = lim.ee_offset
+    b[e:] = _barrier_rhs(G[e:], h[e:], lim, dt, margin)
+    return G, b, h
+
+
+def _barrier_rhs(G: np.ndarray, h: np.ndarray, lim: Limits, dt: float, margin: float) -> np.ndarray:
+    """Right-hand side (m/s) of the Cartesian barrier rows ``G u <= b``: the discrete barrier
+    rate ``(gamma h - margin) / dt``, capped by a braking-distance term like the joints' one
+    (:func:`joint_bounds`) with the row's deceleration authority taken as
+    :data:`CARTESIAN_BRAKE_FRACTION` of ``sum_i |G_i| a_max_i`` (m/s^2), so a point approaching a
+    barrier slows down early enough to stay feasible instead of hitting the brake."""
+    lam = lim.gamma / dt
+    h_eff = h - margin / lim.gamma
+    rate = lam * h_eff
+    decel = CARTESIAN_BRAKE_FRACTION * (np.abs(G) @ lim.acceleration)
+    h_star = decel / (lam * lam)
+    far = (h_eff > h_star) & (decel > 0.0)
+    if not far.any():
+        return rate
+    adt = decel[far] * dt
+    brake = -adt + np.sqrt(adt * adt + 2.0 * decel[far] * (h_eff[far] - 0.5 * h_star[far]))
+    rate[far] = np.minimum(rate[far], brake)
+    return rate

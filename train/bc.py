@@ -1,0 +1,66 @@
+"""Behaviour cloning of a VLA policy on a demo dataset (chunked targets).
+
+For every step t of a demo, the target is the chunk ``actions[t : t + k]`` (padded past the
+episode end, padded entries masked out). The loss is the masked mean squared error between the
+policy's deterministic chunk (tanh of the Gaussian mean) and the target. Before training, the
+policy's proprio and privileged normalisers are fitted to the dataset (and then kept).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .policy import VLAPolicy, chunk_targets
+
+logger = logging.getLogger(__name__)
+
+
+def build_bc_arrays(episodes: list[dict[str, np.ndarray]], k: int) -> dict[str, Any]:
+    """Concatenate episodes into per-decision arrays with chunked targets (T_total, k, 7)."""
+    targets, masks = zip(*(chunk_targets(ep["actions"], k) for ep in episodes), strict=True)
+    instr = np.concatenate([np.full(len(ep["actions"]), str(ep["instruction"]), dtype=object)
+                            for ep in episodes])
+    return {"image": np.concatenate([ep["image"] for ep in episodes]),
+            "proprio": np.concatenate([ep["proprio"] for ep in episodes]).astype(np.float32),
+            "privileged": np.concatenate([ep["privileged"] for ep in episodes]).astype(np.float32),
+            "instruction": instr, "targets": np.concatenate(targets), "mask": np.concatenate(masks)}
+
+
+def train_bc(policy: VLAPolicy, episodes: list[dict[str, np.ndarray]], epochs: int, batch_size: int,
+             lr: float, seed: int, progress: bool = True) -> list[float]:
+    """Fit ``policy`` to the demos; returns the mean loss of each epoch."""
+    if not episodes:
+        raise ValueError("train_bc: no demo episodes")
+    data = build_bc_arrays(episodes, policy.cfg.chunk_len)
+    policy.update_normalizers({"proprio": data["proprio"]}, data["privileged"])
+    params = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith(("critic", "v_"))]
+    optim = torch.optim.Adam(params, lr=lr)
+    rng = np.random.default_rng(seed)
+    n = len(data["targets"])
+    losses = []
+    policy.train()
+    bar = tqdm(range(epochs), desc="behaviour cloning", unit="epoch", disable=not progress)
+    for _ in bar:
+        epoch = []
+        for idx in np.array_split(rng.permutation(n), max(1, n // batch_size)):
+            obs = {"image": data["image"][idx], "proprio": data["proprio"][idx],
+                   "instruction": [str(s) for s in data["instruction"][idx]]}
+            pred = policy.mean_chunk(obs)
+            mask = torch.as_tensor(data["mask"][idx])[..., None]
+            err = (pred - torch.as_tensor(data["targets"][idx])).pow(2) * mask
+            loss = err.sum() / (mask.sum() * pred.shape[-1]).clamp(min=1.0)
+            optim.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            epoch.append(loss.item())
+        losses.append(float(np.mean(epoch)))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    logger.info("BC: %d decisions, %d epochs, final loss %.5f", n, epochs, losses[-1])
+    policy.eval()
+    return losses

@@ -1,0 +1,126 @@
+"""``TrainConfig``: every option of ``safetwin train`` (BC pre-training + PPO-Lagrangian)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from safetwin.safety.runio import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Behaviour cloning on scripted-expert demos, then PPO-Lagrangian fine-tuning.
+
+    scene: bundled scene name or path to a scene YAML (its safety block gives the cost limit).
+    env_id: gymnasium id of the twin env.
+    domain_randomization: sample the twin's randomized parameters at every reset.
+    run_root: folder holding the run directories.
+    run_id: run directory name under run_root (empty: a UTC timestamp).
+    resume: continue run_id from its latest checkpoint (optimisers, lambda, RNG restored).
+    seed: seed of torch, numpy and the env resets.
+    pretrained: policy checkpoint to start from (skips demos and BC); empty: do BC first.
+    policy: "compact" (fine-tune the whole VLA) or "residual" (frozen BC base + bounded residual).
+    chunk_len: k, actions per decision.
+    demo_episodes: scripted-expert episodes recorded for BC.
+    bc_epochs: passes over the demo dataset.
+    bc_batch_size: BC minibatch size (decisions).
+    bc_lr: BC Adam learning rate.
+    total_steps: PPO budget in env steps (0: BC only).
+    num_envs: parallel envs.
+    vector: "sync" (SyncVectorEnv) or "async" (AsyncVectorEnv, shared_memory=False).
+    rollout_decisions: decisions per env per iteration.
+    gamma: discount per env step.
+    gae_lambda: GAE lambda.
+    lr: PPO Adam learning rate.
+    update_epochs: PPO epochs per iteration.
+    num_minibatches: minibatches per epoch.
+    clip_coef: PPO ratio clip.
+    ent_coef: entropy bonus coefficient.
+    vf_coef: value-loss coefficient (reward and cost critics).
+    max_grad_norm: global gradient-norm clip.
+    target_kl: stop the epochs when the approximate KL exceeds this (0: never).
+    bc_reg_coef: initial weight of the BC regulariser toward the pre-trained policy.
+    bc_reg_decay: its per-iteration decay factor.
+    lagrange: multiplier rule "adam" (PPOLag), "pid" (CPPOPID) or "none" (unconstrained PPO).
+    lagrange_init: initial multiplier.
+    lagrange_lr: Adam learning rate of the multiplier (rule "adam").
+    cost_limit: CMDP budget per episode; negative: the scene's safety.cost_limit.
+    checkpoint_every: iterations between checkpoints (env resets align with them).
+    progress: show tqdm progress bars.
+    """
+
+    scene: str = "tabletop_push"
+    env_id: str = "safetwin/Twin-v0"
+    domain_randomization: bool = True
+    run_root: str = "runs/train"
+    run_id: str = ""
+    resume: bool = False
+    seed: int = 0
+    pretrained: str = ""
+    policy: str = "compact"
+    chunk_len: int = 4
+    demo_episodes: int = 30
+    bc_epochs: int = 30
+    bc_batch_size: int = 64
+    bc_lr: float = 1e-3
+    total_steps: int = 20000
+    num_envs: int = 4
+    vector: str = "sync"
+    rollout_decisions: int = 64
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    lr: float = 3e-4
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    clip_coef: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float = 0.02
+    bc_reg_coef: float = 1.0
+    bc_reg_decay: float = 0.9
+    lagrange: str = "adam"
+    lagrange_init: float = 0.001
+    lagrange_lr: float = 0.035
+    cost_limit: float = -1.0
+    checkpoint_every: int = 5
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"policy": ("compact", "residual"), "vector": ("sync", "async"),
+                   "lagrange": ("adam", "pid", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        positive = ("chunk_len", "bc_epochs", "bc_batch_size", "num_envs", "rollout_decisions",
+                    "update_epochs", "num_minibatches", "checkpoint_every")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("demo_episodes", "total_steps", "ent_coef", "target_kl", "bc_reg_coef",
+                     "lagrange_init", "vf_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("gamma", "gae_lambda", "bc_reg_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("bc_lr", "lr", "clip_coef", "max_grad_norm", "lagrange_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if self.num_minibatches > self.num_envs * self.rollout_decisions:
+            raise ConfigError("train.num_minibatches exceeds the transitions per iteration "
+                              f"({self.num_envs} x {self.rollout_decisions})")
+        if not self.pretrained and self.demo_episodes < 1 and not self.resume:
+            raise ConfigError("train.demo_episodes must be >= 1 when no pretrained checkpoint is given")
+        if self.resume and not self.run_id:
+            raise ConfigError("train.resume needs train.run_id (the run to continue)")
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``gymnasium.make(env_id, ...)``."""
+        return {"scene": self.scene, "randomize": self.domain_randomization}
+
+    def lagrange_kwargs(self) -> dict[str, Any]:
+        if self.lagrange == "adam":
+            return {"init": self.lagrange_init, "lr": self.lagrange_lr}
+        return {"init": self.lagrange_init}

@@ -1,0 +1,239 @@
+"""PPO-Lagrangian fine-tuning of a VLA policy in the twin (a constrained MDP), CleanRL style.
+
+One iteration, top to bottom:
+
+1. rollout: ``num_envs`` vector envs, ``rollout_decisions`` decisions each; a decision emits a
+   chunk of k actions that :class:`~safetwin.train.envs.ChunkedEnv` executes step by step,
+   summing discounted rewards and costs into one transition;
+2. bootstrap: critic values of final observations of truncated episodes and of the last obs;
+3. the Lagrange multiplier is updated from the mean episode cost of the rollout vs the cost
+   limit (the scene's ``safety.cost_limit``), BEFORE the policy update;
+4. GAE separately for reward and cost; advantage ``(A_R - lambda A_C) / (1 + lambda)``;
+5. PPO update: clipped surrogate, entropy bonus, value losses (reward and cost critics,
+   asymmetric: they see the privileged twin state), a decaying BC regulariser toward the
+   pre-trained policy, gradient clipping, KL early stop;
+6. logging (metrics.jsonl, TensorBoard, tqdm) and checkpoints every ``checkpoint_every``
+   iterations (:mod:`safetwin.train.ppo_state`).
+
+Envs are reset with seed ``seed + 7919 * iteration`` at the start of every checkpoint interval,
+so a run resumed from a checkpoint continues identically to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from safetwin.safety.runio import JsonlWriter
+
+from .buffer import RolloutBuffer
+from .config import TrainConfig
+from .envs import COST_CATEGORIES, done_episode_stats, info_field, make_vector_env
+from .lagrange import make_lagrange
+from .policy import VLAPolicy, obs_slice
+from .ppo_state import PPOState, load_latest, save_iteration, truncate_metrics
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[dict[str, Any]], bool]
+
+
+def _values(policy: VLAPolicy, obs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    v_r, v_c = policy.values(obs, obs["privileged"])
+    return v_r.numpy(), v_c.numpy()
+
+
+def _final_obs_batch(infos: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+    finals = [infos["final_obs"][i] for i in idx]
+    batch = {key: np.stack([np.asarray(f[key]) for f in finals]) for key in finals[0] if key != "instruction"}
+    batch["instruction"] = [str(f["instruction"]) for f in finals]
+    return batch
+
+
+def collect_rollout(policy: VLAPolicy, envs: Any, obs: dict[str, Any], buf: RolloutBuffer,
+                    episodes: list[dict[str, float]]) -> tuple[dict[str, Any], int]:
+    """Fill ``buf`` with one rollout from ``obs``; returns (next obs, env steps executed)."""
+    n_env_steps = 0
+    with torch.no_grad():
+        v_r, v_c = _values(policy, obs)
+        for t in range(buf.T):
+            chunk, logp = policy.act(obs)
+            next_obs, reward, term, trunc, infos = envs.step(chunk.numpy())
+            cost = info_field(infos, "cost_sum", buf.N)
+            discount = info_field(infos, "discount", buf.N)
+            n_env_steps += int(info_field(infos, "n_steps", buf.N).sum())
+            nv_r, nv_c = _values(policy, next_obs)
+            boot_r, boot_c = nv_r.copy(), nv_c.copy()
+            done_idx = np.flatnonzero(term | trunc)
+            if len(done_idx):  # next_obs of a finished env is the reset obs: value the final obs
+                fr, fc = _values(policy, _final_obs_batch(infos, done_idx))
+                boot_r[done_idx], boot_c[done_idx] = fr, fc
+            buf.add(obs, chunk.numpy(), logp.numpy(), reward, cost, discount, term, trunc, v_r, v_c)
+            buf.set_next_values(t, boot_r, boot_c)
+            episodes.extend(done_episode_stats(infos))
+            obs, v_r, v_c = next_obs, nv_r, nv_c
+    return obs, n_env_steps
+
+
+def _advantages(buf: RolloutBuffer, gae_lambda: float, lam: float) -> dict[str, np.ndarray]:
+    adv = buf.compute_advantages(gae_lambda)
+    a_r = (adv["adv_r"] - adv["adv_r"].mean()) / (adv["adv_r"].std() + 1e-8)
+    a_c = adv["adv_c"] - adv["adv_c"].mean()
+    adv["adv"] = ((a_r - lam * a_c) / (1.0 + lam)).astype(np.float32)
+    return adv
+
+
+@torch.no_grad()
+def _reference_chunks(ref: VLAPolicy, batch: dict[str, Any], size: int = 256) -> np.ndarray:
+    obs = {k[4:]: v for k, v in batch.items() if k.startswith("obs/")}
+    out = [ref.mean_chunk(obs_slice(obs, slice(i, i + size))).numpy()
+           for i in range(0, len(batch["logp"]), size)]
+    return np.concatenate(out)
+
+
+def ppo_update(policy: VLAPolicy, optim: torch.optim.Optimizer, batch: dict[str, Any],
+               cfg: TrainConfig, bc_coef: float, rng: np.random.Generator) -> dict[str, float]:
+    """Clipped-surrogate PPO epochs over one rollout batch; returns mean losses."""
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss_reward", "value_loss_cost",
+                                                     "entropy", "approx_kl", "clipfrac", "bc_reg")}
+    params = [p for p in policy.parameters() if p.requires_grad]
+    for _epoch in range(cfg.update_epochs):
+        epoch_kl = []
+        for obs, mb in RolloutBuffer.minibatches(batch, cfg.num_minibatches, rng):
+            logp, entropy = policy.evaluate(obs, torch.as_tensor(mb["chunks"]))
+            log_ratio = logp - torch.as_tensor(mb["logp"])
+            ratio = log_ratio.exp()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - log_ratio).mean().item()
+                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item()
+            adv = torch.as_tensor(mb["adv"])
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            v_r, v_c = policy.values(obs, obs["privileged"])
+            v_loss_r = 0.5 * (v_r - torch.as_tensor(mb["ret_r"])).pow(2).mean()
+            v_loss_c = 0.5 * (v_c - torch.as_tensor(mb["ret_c"])).pow(2).mean()
+            bc_reg = (policy.mean_chunk(obs) - torch.as_tensor(mb["ref_chunks"])).pow(2).mean()
+            loss = (pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * (v_loss_r + v_loss_c)
+                    + bc_coef * bc_reg)
+            optim.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optim.step()
+            epoch_kl.append(approx_kl)
+            for key, val in (("policy_loss", pg_loss.item()), ("value_loss_reward", v_loss_r.item()),
+                             ("value_loss_cost", v_loss_c.item()), ("entropy", entropy.mean().item()),
+                             ("approx_kl", approx_kl), ("clipfrac", clipfrac), ("bc_reg", bc_reg.item())):
+                stats[key].append(val)
+        if cfg.target_kl > 0 and float(np.mean(epoch_kl)) > cfg.target_kl:
+            logger.debug("KL early stop after epoch %d (kl %.4f)", _epoch, np.mean(epoch_kl))
+            break
+    return {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v}
+
+
+def episode_metrics(episodes: list[dict[str, float]], last: dict[str, float]) -> dict[str, float]:
+    """Means over the episodes finished in this iteration (the previous values when none did)."""
+    if not episodes:
+        return dict(last)
+    mean = {key: float(np.mean([e[key] for e in episodes])) for key in episodes[0]}
+    out = {"charts/episode_return": mean["return"], "charts/success_rate": mean["success"],
+           "charts/episode_length": mean["length"], "safety/episode_cost": mean["cost"],
+           "charts/episodes": float(len(episodes))}
+    out.update({f"safety/costs/{c}": mean.get(f"cost_{c}", 0.0) for c in COST_CATEGORIES})
+    return out
+
+
+def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, run_dir: Path,
+                  scene_info: dict[str, Any], resume: bool = False,
+                  callback: Callback | None = None) -> PPOState:
+    """Run PPO-Lagrangian until ``cfg.total_steps`` env steps; returns the final state.
+
+    ``scene_info``: ``{"name", "path", "safety_spec_sha256", "cost_limit"}``. ``callback`` gets
+    each iteration's metrics record and may return False to stop (after a checkpoint).
+    """
+    # ---------------------------------------------------------------- setup (boilerplate)
+    ckpt_dir = run_dir / "checkpoints"
+    cost_limit = cfg.cost_limit if cfg.cost_limit >= 0 else float(scene_info["cost_limit"])
+    lagrange = make_lagrange(cfg.lagrange, cost_limit, **cfg.lagrange_kwargs()) if cfg.lagrange != "none" else None
+    optim = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5)
+    torch.manual_seed(cfg.seed)
+    state = PPOState(rng=np.random.default_rng(cfg.seed))
+    if resume:
+        state = load_latest(ckpt_dir, policy, ref_policy, optim, lagrange, scene_info)
+        truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
+    envs = make_vector_env(cfg.env_id, cfg.num_envs, cfg.chunk_len, cfg.gamma, cfg.env_kwargs(),
+                           asynchronous=cfg.vector == "async")
+    buf = RolloutBuffer(cfg.rollout_decisions, cfg.num_envs,
+                        {k: (s.shape, s.dtype) for k, s in envs.single_observation_space.spaces.items()
+                         if k != "instruction"}, (cfg.chunk_len, 7))
+    metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
+    writer = _tensorboard(run_dir, cfg, state.global_step)
+    bar = tqdm(total=cfg.total_steps, initial=min(state.global_step, cfg.total_steps), unit="step",
+               desc="PPO-Lag", dynamic_ncols=True, disable=not cfg.progress)
+    ref_policy.eval()
+    obs: dict[str, Any] = {}
+    try:
+        while state.global_step < cfg.total_steps:
+            it = state.iteration
+            t0 = time.perf_counter()
+            if it % cfg.checkpoint_every == 0 or not obs:
+                obs, _ = envs.reset(seed=cfg.seed + 7919 * it)
+            # ---------------------------------------------------------- rollout
+            policy.eval()
+            episodes: list[dict[str, float]] = []
+            buf.reset()
+            obs, n_steps = collect_rollout(policy, envs, obs, buf, episodes)
+            state.global_step += n_steps
+            # ---------------------------------------------------------- lambda BEFORE the policy update
+            ep = episode_metrics(episodes, state.last_episode_metrics)
+            if lagrange is not None and episodes:
+                state.lam = lagrange.update(ep["safety/episode_cost"])
+            # ---------------------------------------------------------- GAE (reward and cost)
+            adv = _advantages(buf, cfg.gae_lambda, state.lam)
+            batch = buf.flat({k: adv[k] for k in ("adv", "ret_r", "ret_c")})
+            batch["ref_chunks"] = _reference_chunks(ref_policy, batch)
+            # ---------------------------------------------------------- PPO update
+            policy.train()
+            bc_coef = cfg.bc_reg_coef * cfg.bc_reg_decay ** it
+            losses = ppo_update(policy, optim, batch, cfg, bc_coef, state.rng)
+            if policy.cfg.privileged_dim:  # critic input statistics; the actor's stay as after BC
+                policy.priv_rms.update(torch.as_tensor(batch["obs/privileged"], dtype=torch.float64))
+            # ---------------------------------------------------------- logging
+            state.iteration += 1
+            state.last_episode_metrics = ep
+            sps = n_steps / max(time.perf_counter() - t0, 1e-9)
+            record = {"step": state.global_step, "iteration": state.iteration, **ep, **losses,
+                      "charts/samples_per_s": sps, "safety/lambda": state.lam,
+                      "safety/cost_limit": cost_limit, "losses/bc_reg_coef": bc_coef}
+            metrics_log.write(record)
+            for key, value in record.items():
+                if key not in ("step", "iteration") and value is not None:
+                    writer.add_scalar(key, value, state.global_step)
+            bar.update(min(n_steps, max(cfg.total_steps - bar.n, 0)))
+            bar.set_postfix(sps=f"{sps:.0f}", success=f"{ep.get('charts/success_rate', 0.0):.2f}",
+                            cost=f"{ep.get('safety/episode_cost', 0.0):.2f}", lam=f"{state.lam:.3f}")
+            stop = callback is not None and callback(record) is False
+            done = stop or state.global_step >= cfg.total_steps
+            # ---------------------------------------------------------- checkpoint
+            if done or state.iteration % cfg.checkpoint_every == 0:
+                save_iteration(ckpt_dir, state, policy, ref_policy, optim, lagrange, cfg, scene_info)
+            if stop:
+                break
+    finally:
+        bar.close()
+        writer.close()
+        metrics_log.close()
+        envs.close()
+    return state
+
+
+def _tensorboard(run_dir: Path, cfg: TrainConfig, step: int) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tb"), purge_step=step if step > 0 else None)

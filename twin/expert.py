@@ -1,0 +1,216 @@
+"""A scripted expert with privileged state, for the behaviour-cloning demonstrations.
+
+The expert sees the true poses (an :class:`ExpertView`, built by ``TwinEnv.expert_action``)
+and returns an action in the env's action space (EE delta in the robot **base** frame,
+scaled to [-1, 1]). It never moves the end effector faster than ``speed_fraction`` of the
+spec's ``ee_speed_max`` and keeps ``clearance`` (m) from every hazard box (fragile objects,
+obstacles, keep-out volumes), going over them when the straight line is blocked.
+
+Tasks:
+
+* ``reach``: move the end effector to ``target``.
+* ``push``: get behind the named object (on the far side from the goal), then push it along
+  the object-to-goal line until its centre is in the goal zone, correcting sideways drift.
+
+Planning is stateless: each step the expert builds a short waypoint list (straight, or up,
+over and down) and heads for the furthest waypoint reachable on a hazard-free segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Box3 = tuple[np.ndarray, np.ndarray]
+"""An axis-aligned box as (lo (3,), hi (3,)) in m, base frame."""
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Tuning of the scripted expert.
+
+    Attributes:
+        speed_fraction: fraction of ``ee_speed_max`` the commanded EE speed stays under.
+        clearance: m kept between the EE point and every hazard box.
+        cruise_margin: m above the highest blocking hazard the EE crosses at.
+        tolerance: m; a waypoint closer than this counts as reached.
+        push_standoff: m between the object's back face and the EE at the pre-push pose.
+        push_lateral_tolerance: m of sideways misalignment tolerated while pushing.
+        object_clearance: m kept from the pushed object while getting behind it.
+        push_depth: m below the object's centre the EE pushes at (0 pushes at the centre).
+        push_overshoot: m past the goal centre the object is aimed at.
+    """
+
+    speed_fraction: float = 0.6
+    clearance: float = 0.06
+    cruise_margin: float = 0.04
+    tolerance: float = 0.006
+    push_standoff: float = 0.03
+    push_lateral_tolerance: float = 0.012
+    object_clearance: float = 0.025
+    push_depth: float = 0.0
+    push_overshoot: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.speed_fraction <= 1.0:
+            raise ValueError(f"speed_fraction must be in (0, 1], got {self.speed_fraction}")
+        for name in ("clearance", "cruise_margin", "tolerance", "push_standoff",
+                     "push_lateral_tolerance", "object_clearance"):
+            if getattr(self, name) < 0.0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class ExpertView:
+    """The privileged state the expert acts on (m, rad; robot base frame).
+
+    Attributes:
+        ee_pos: end-effector position (3,).
+        ee_rot: end-effector rotation matrix (3, 3); ``home_rot`` the orientation to hold.
+        hazards: boxes the EE must keep ``clearance`` from.
+        step_limit: largest EE displacement per policy step allowed (m).
+        translation_scale: m per policy step at action 1; rotation_scale: rad at action 1.
+        task: ``reach`` or ``push``.
+        target: reach target (3,) (task ``reach``).
+        object_pos, object_half: the pushed object's centre (3,) and half extents (3,) (``push``).
+        goal: centre (3,) of the goal zone (``push``).
+        ee_radius: m, radius of the EE/fingers seen as a ball (``push``).
+        gripper: the gripper command to hold, in [-1, 1].
+    """
+
+    ee_pos: np.ndarray
+    ee_rot: np.ndarray
+    home_rot: np.ndarray
+    hazards: list[Box3]
+    step_limit: float
+    translation_scale: float
+    rotation_scale: float
+    task: str
+    target: np.ndarray | None = None
+    object_pos: np.ndarray | None = None
+    object_half: np.ndarray | None = None
+    goal: np.ndarray | None = None
+    ee_radius: float = 0.02
+    gripper: float = -1.0
+    extra_hazards: list[Box3] = field(default_factory=list)
+
+
+def segment_hits_box(a: np.ndarray, b: np.ndarray, box: Box3, grow: float) -> bool:
+    """True when segment a->b (m) passes through ``box`` grown by ``grow`` (m) on every side."""
+    lo, hi = box[0] - grow, box[1] + grow
+    d = b - a
+    t0, t1 = 0.0, 1.0
+    for i in range(3):
+        if abs(d[i]) < 1e-12:
+            if a[i] < lo[i] or a[i] > hi[i]:
+                return False
+            continue
+        ta, tb = (lo[i] - a[i]) / d[i], (hi[i] - a[i]) / d[i]
+        t0, t1 = max(t0, min(ta, tb)), min(t1, max(ta, tb))
+        if t0 > t1:
+            return False
+    return True
+
+
+def _clear(a: np.ndarray, b: np.ndarray, boxes: list[tuple[Box3, float]]) -> bool:
+    return not any(segment_hits_box(a, b, box, grow) for box, grow in boxes)
+
+
+def plan(start: np.ndarray, goal: np.ndarray, boxes: list[tuple[Box3, float]], margin: float) -> list[np.ndarray]:
+    """Waypoints from ``start`` to ``goal`` around ``boxes`` ((box, grow) pairs), going over
+    every box whose grown footprint the straight line crosses: up, across at a cruise height
+    ``margin`` above the highest of them, down."""
+    if _clear(start, goal, boxes):
+        return [goal]
+    top = max(float(box[1][2]) + grow for box, grow in boxes)
+    cruise = max(top + margin, float(start[2]), float(goal[2]))
+    return [np.array([start[0], start[1], cruise]), np.array([goal[0], goal[1], cruise]), goal]
+
+
+def next_point(start: np.ndarray, waypoints: list[np.ndarray], boxes: list[tuple[Box3, float]],
+               tolerance: float) -> np.ndarray:
+    """The furthest waypoint that a hazard-free straight segment from ``start`` reaches."""
+    best = waypoints[0]
+    for wp in waypoints:
+        if np.linalg.norm(wp - start) > tolerance and not _clear(start, wp, boxes):
+            break
+        best = wp
+    return best
+
+
+def _rotation_error(rot: np.ndarray, home: np.ndarray) -> np.ndarray:
+    """Axis-angle vector (rad, base frame) that rotates ``rot`` onto ``home``."""
+    r = home @ rot.T
+    angle = float(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)))
+    if angle < 1e-6:
+        return np.zeros(3)
+    axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    norm = np.linalg.norm(axis)
+    return np.zeros(3) if norm < 1e-9 else axis / norm * angle
+
+
+class ScriptedExpert:
+    """Computes the expert's action from an :class:`ExpertView`."""
+
+    def __init__(self, config: ExpertConfig | None = None) -> None:
+        self.config = config or ExpertConfig()
+
+    def act(self, view: ExpertView) -> np.ndarray:
+        """Action (7,) float32 in [-1, 1]: (dx, dy, dz, droll, dpitch, dyaw, gripper)."""
+        if view.task == "reach":
+            if view.target is None:
+                raise ValueError("reach task needs ExpertView.target")
+            aim = self._route(view, np.asarray(view.target, dtype=float), [])
+        elif view.task == "push":
+            aim = self._push_aim(view)
+        else:
+            raise ValueError(f"unknown expert task {view.task!r}; expected 'reach' or 'push'")
+        return self._action(view, aim)
+
+    def _boxes(self, view: ExpertView, extra: list[tuple[Box3, float]]) -> list[tuple[Box3, float]]:
+        return [(box, self.config.clearance) for box in view.hazards + view.extra_hazards] + extra
+
+    def _route(self, view: ExpertView, goal: np.ndarray, extra: list[tuple[Box3, float]]) -> np.ndarray:
+        boxes = self._boxes(view, extra)
+        ee = np.asarray(view.ee_pos, dtype=float)
+        waypoints = plan(ee, goal, boxes, self.config.cruise_margin)
+        return next_point(ee, waypoints, boxes, self.config.tolerance)
+
+    def _push_aim(self, view: ExpertView) -> np.ndarray:
+        if view.object_pos is None or view.object_half is None or view.goal is None:
+            raise ValueError("push task needs ExpertView.object_pos, object_half and goal")
+        cfg = self.config
+        obj, half = np.asarray(view.object_pos, float), np.asarray(view.object_half, float)
+        goal = np.asarray(view.goal, float)
+        to_goal = goal[:2] - obj[:2]
+        dist = float(np.linalg.norm(to_goal))
+        d = to_goal / max(dist, 1e-9)
+        reach = float(np.abs(d[0]) * half[0] + np.abs(d[1]) * half[1]) + view.ee_radius
+        push_z = obj[2] - cfg.push_depth
+        ee = np.asarray(view.ee_pos, float)
+        rel = ee[:2] - obj[:2]
+        along = float(rel @ d)
+        lateral = float(np.linalg.norm(rel - along * d))
+        behind = along < -(reach - 0.5 * cfg.push_standoff)
+        if behind and lateral < cfg.push_lateral_tolerance and abs(ee[2] - push_z) < 2 * cfg.tolerance + 0.01:
+            # pushing: move along d, steering back onto the line through the object's centre
+            line_point = obj[:2] - d * reach
+            correction = line_point - (ee[:2] - (ee[:2] - line_point) @ d * d)
+            step = d * (dist + cfg.push_overshoot) + correction
+            return np.array([ee[0] + step[0], ee[1] + step[1], push_z])
+        pre = np.array([*(obj[:2] - d * (reach + cfg.push_standoff)), push_z])
+        obj_box: Box3 = (obj - half, obj + half)
+        return self._route(view, pre, [(obj_box, cfg.object_clearance + view.ee_radius)])
+
+    def _action(self, view: ExpertView, aim: np.ndarray) -> np.ndarray:
+        delta = aim - np.asarray(view.ee_pos, float)
+        norm = float(np.linalg.norm(delta))
+        if norm > view.step_limit:
+            delta = delta / norm * view.step_limit
+        rot = _rotation_error(np.asarray(view.ee_rot, float), np.asarray(view.home_rot, float))
+        out = np.zeros(7, dtype=np.float64)
+        out[:3] = delta / view.translation_scale
+        out[3:6] = np.clip(rot, -view.rotation_scale, view.rotation_scale) / view.rotation_scale
+        out[6] = view.gripper
+        return np.clip(out, -1.0, 1.0).astype(np.float32)

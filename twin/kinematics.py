@@ -1,0 +1,329 @@
+"""Pure-numpy kinematics of a scene's robot: forward kinematics, geometric Jacobians,
+collision spheres with their Jacobians, and a damped-least-squares IK step.
+
+:class:`Kinematics` satisfies :class:`safetwin.safety.robot_model.RobotModel`. It parses the
+URDF with ``xml.etree`` (no pybullet). Frames: everything is in the robot **base** frame (the
+URDF root link); q in rad (m for prismatic joints); Jacobian rows [v (m/s); omega (rad/s)].
+
+Joints that move but are not controlled (the gripper fingers) are held at fixed positions
+(default: gripper open, the conservative choice for collision spheres).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .assets.urdf import Geometry, UrdfJoint, UrdfModel, rpy_matrix
+
+if TYPE_CHECKING:
+    from .scene import Scene
+
+MAX_SPHERES_PER_PRIMITIVE = 5
+_I1, _I2 = np.array([1, 2, 0]), np.array([2, 0, 1])  # cross(a, b) = a[I1] * b[I2] - a[I2] * b[I1]
+
+
+def _transform(xyz: Sequence[float], rpy: Sequence[float]) -> np.ndarray:
+    t = np.eye(4)
+    t[:3, :3] = rpy_matrix(tuple(rpy))  # type: ignore[arg-type]
+    t[:3, 3] = xyz
+    return t
+
+
+def _joint_motion(joint: UrdfJoint, value: float) -> np.ndarray:
+    """Transform (4, 4) of a movable joint at ``value`` (rotation or translation along its axis)."""
+    t = np.eye(4)
+    axis = np.array(joint.axis)
+    if joint.type == "prismatic":
+        t[:3, 3] = axis * value
+    elif joint.type in ("revolute", "continuous"):
+        k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        t[:3, :3] = np.eye(3) + math.sin(value) * k + (1.0 - math.cos(value)) * (k @ k)
+    return t
+
+
+def primitive_spheres(geom: Geometry, max_per: int = MAX_SPHERES_PER_PRIMITIVE) -> list[tuple[np.ndarray, float]]:
+    """Spheres ``(centre (3,) m, radius m)`` in the link frame that together cover ``geom``.
+
+    Boxes and cylinders are cut into k equal slabs along their longest axis, each covered by
+    its circumscribed sphere; capsules get k spheres along the segment, radius grown to close
+    the gaps between neighbours.
+    """
+    t = _transform(geom.xyz, geom.rpy)
+    local: list[tuple[np.ndarray, float]] = []
+    if geom.kind == "sphere":
+        local = [(np.zeros(3), geom.size[0])]
+    elif geom.kind == "box":
+        half = np.array(geom.size) / 2.0
+        ax = int(np.argmax(half))
+        others = np.delete(half, ax)
+        k = min(max(1, math.ceil(half[ax] / max(others.max(), 1e-9))), max_per)
+        seg = half[ax] / k
+        radius = math.sqrt(seg ** 2 + float(others @ others))
+        for i in range(k):
+            c = np.zeros(3)
+            c[ax] = -half[ax] + seg * (2 * i + 1)
+            local.append((c, radius))
+    elif geom.kind == "cylinder":
+        r, h = geom.size
+        k = min(max(1, math.ceil(h / (2.0 * r))), max_per)
+        seg = h / (2.0 * k)
+        local = [(np.array([0.0, 0.0, -h / 2 + seg * (2 * i + 1)]), math.sqrt(seg ** 2 + r * r)) for i in range(k)]
+    elif geom.kind == "capsule":
+        r, length = geom.size
+        k = min(max(2, math.ceil(length / r) + 1), max_per) if length > 0 else 1
+        gap = length / (k - 1) if k > 1 else 0.0
+        radius = math.sqrt(r * r + (gap / 2.0) ** 2)
+        local = [(np.array([0.0, 0.0, -length / 2 + gap * i]), radius) for i in range(k)]
+    else:
+        raise ValueError(f"no spheres for geometry kind {geom.kind!r}")
+    return [(t[:3, :3] @ c + t[:3, 3], r) for c, r in local]
+
+
+class Kinematics:
+    """Kinematics of the controlled joints of one URDF (see the module docstring).
+
+    Args:
+        model: the parsed URDF.
+        joint_names: controlled joints, in order; all must lie on the chain root -> ``ee_link``.
+        ee_link: end-effector link.
+        primitives: ``link -> primitives`` (link frame) used for the collision spheres.
+        fixed_positions: values (rad or m) for movable joints that are not controlled.
+    """
+
+    def __init__(self, model: UrdfModel, joint_names: Sequence[str], ee_link: str,
+                 primitives: Callable[[str], Sequence[Geometry]],
+                 fixed_positions: Mapping[str, float] | None = None) -> None:
+        self.model, self.ee_link = model, ee_link
+        self.joint_names = tuple(joint_names)
+        self._fixed = dict(fixed_positions or {})
+        chain = model.chain(ee_link)
+        on_chain = [j.name for j in chain if j.name in self.joint_names]
+        if on_chain != list(self.joint_names):
+            raise ValueError(f"{model.path}: controlled joints {list(self.joint_names)} must lie, in order, on "
+                             f"the chain to {ee_link!r} (found {on_chain})")
+        n = len(self.joint_names)
+        self._types = np.array([model.joints[name].type == "prismatic" for name in self.joint_names])
+        # Constant transforms: before joint 0, between joints, and after the last to the EE.
+        # Constant transforms up to each controlled joint's origin: B_0 from the root, B_k from
+        # the frame after joint k-1's motion; and from the last joint to the EE link.
+        before = [self._constant_between(chain, None, self.joint_names[0])] + [
+            self._constant_between(chain, self.joint_names[k], self.joint_names[k + 1]) for k in range(n - 1)]
+        self._before_r = np.array([b[:3, :3] for b in before])
+        self._before_p = np.array([b[:3, 3] for b in before])
+        ee_const = self._constant_between(chain, self.joint_names[-1], None)
+        self._ee_r, self._ee_p = ee_const[:3, :3].copy(), ee_const[:3, 3].copy()
+        self._axes = np.array([model.joints[name].axis for name in self.joint_names])
+        ax = self._axes
+        zero = np.zeros(n)
+        self._K = np.stack([np.stack([zero, -ax[:, 2], ax[:, 1]], 1), np.stack([ax[:, 2], zero, -ax[:, 0]], 1),
+                            np.stack([-ax[:, 1], ax[:, 0], zero], 1)], 1)
+        self._K2 = self._K @ self._K
+        self._build_spheres(primitives)
+        self._revolute = (~self._types).astype(float)
+        self._any_prismatic = bool(self._types.any())
+        self._eye = np.eye(3)
+        self._homog = np.zeros((n, 4, 4))
+        self._homog[:, 3, 3] = 1.0
+        self._cache_key: bytes | None = None
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ construction
+    def _value(self, joint: UrdfJoint) -> float:
+        if joint.name in self._fixed:
+            return self._fixed[joint.name]
+        if joint.mimic is not None and joint.mimic[0] in self._fixed:
+            return self._fixed[joint.mimic[0]] * joint.mimic[1] + joint.mimic[2]
+        return 0.0
+
+    def _constant_between(self, chain: list[UrdfJoint], after: str | None, upto: str | None) -> np.ndarray:
+        """Product of the transforms after controlled joint ``after``'s motion up to (and
+        including the origin of) controlled joint ``upto`` (or the EE link)."""
+        t = np.eye(4)
+        started = after is None
+        for j in chain:
+            if not started:
+                started = j.name == after
+                continue
+            t = t @ _transform(j.xyz, j.rpy)
+            if j.name == upto:
+                return t
+            if j.type != "fixed":
+                t = t @ _joint_motion(j, self._value(j))
+        return t
+
+    def _link_offset(self, link: str) -> tuple[int, np.ndarray] | None:
+        """``(k, T)``: the link frame is ``F_k @ T`` with F_k the frame after controlled joint k;
+        None for links with no controlled joint above them (they never move)."""
+        path = self.model.chain(link)
+        idx = [i for i, j in enumerate(path) if j.name in self.joint_names]
+        if not idx:
+            return None
+        t = np.eye(4)
+        for j in path[idx[-1] + 1:]:
+            t = t @ _transform(j.xyz, j.rpy)
+            if j.type != "fixed":
+                t = t @ _joint_motion(j, self._value(j))
+        return self.joint_names.index(path[idx[-1]].name), t
+
+    def _build_spheres(self, primitives: Callable[[str], Sequence[Geometry]]) -> None:
+        names, groups, centres, radii = [], [], [], []
+        for link in self.model.links:
+            placed = self._link_offset(link)
+            if placed is None:
+                continue
+            k, t = placed
+            prims = primitives(link)
+            if not prims and self.model.collisions.get(link):
+                raise ValueError(f"{self.model.path}: moving link {link!r} has only mesh collision geometry; "
+                                 "list primitive proxies for it (robot data 'proxies:')")
+            i = 0
+            for geom in prims:
+                for c, r in primitive_spheres(geom):
+                    names.append(f"{link}/{i}")
+                    groups.append(k)
+                    centres.append(t[:3, :3] @ c + t[:3, 3])
+                    radii.append(r)
+                    i += 1
+        self.sphere_names = tuple(names)
+        self._sphere_group = np.array(groups, dtype=int)
+        self._sphere_local = np.array(centres).reshape(-1, 3)
+        self._sphere_radii = np.array(radii)
+        n = len(self.joint_names)
+        self._sphere_mask = (np.arange(n)[None, :] <= self._sphere_group[:, None]).astype(float)
+
+    @classmethod
+    def for_scene(cls, scene: Scene) -> Kinematics:
+        """Kinematics of ``scene.robot`` (controlled joints, EE link, proxies; gripper held open)."""
+        robot = scene.robot
+        data = robot.data
+        model = robot.model()
+        fixed = {name: robot.gripper.open for name in robot.gripper.joints} if robot.gripper else {}
+        if data is not None:
+            prims: Callable[[str], Sequence[Geometry]] = data.link_primitives
+        else:
+            def prims(link: str) -> Sequence[Geometry]:
+                return tuple(g for g in model.collisions.get(link, ()) if g.kind != "mesh")
+        return cls(model, robot.joint_names, robot.ee_link, prims, fixed)
+
+    # ------------------------------------------------------------------ evaluation
+    def _frames(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames after each controlled joint: rotations (n, 3, 3) and origins (n, 3), base frame."""
+        q = np.asarray(q, dtype=float)
+        key = q.tobytes()
+        if key == self._cache_key:
+            return self._cache  # type: ignore[return-value]
+        if q.shape != (len(self.joint_names),):
+            raise ValueError(f"q must have shape ({len(self.joint_names)},), got {q.shape}")
+        if self._any_prismatic:
+            s, c = np.sin(q) * self._revolute, 1.0 - np.cos(q) * self._revolute - self._types
+            steps = self._before_p + np.matmul(self._before_r, self._axes[:, :, None])[:, :, 0] * \
+                (q * self._types)[:, None]
+        else:
+            s, c = np.sin(q), 1.0 - np.cos(q)
+            steps = self._before_p
+        m = self._homog
+        m[:, :3, :3] = np.matmul(self._before_r, self._eye + s[:, None, None] * self._K + c[:, None, None] * self._K2)
+        m[:, :3, 3] = steps
+        out = np.empty_like(m)
+        t = out[0] = m[0]
+        for k in range(1, len(q)):
+            t = out[k] = t @ m[k]
+        self._cache_key, self._cache = key, (out[:, :3, :3], out[:, :3, 3])
+        return self._cache
+
+    def _axes_world(self, rots: np.ndarray) -> np.ndarray:
+        """Joint axes (n, 3) in the base frame (each joint's axis is fixed in its child frame)."""
+        return np.matmul(rots, self._axes[:, :, None])[:, :, 0]
+
+    def ee_pose(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """End-effector position (3,) m and rotation (3, 3), base frame, at ``q`` (n,) rad."""
+        rots, origins = self._frames(q)
+        r = rots[-1]
+        return origins[-1] + r @ self._ee_p, r @ self._ee_r
+
+    def _linear_columns(self, z: np.ndarray, joints_p: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Linear-velocity Jacobians (m, 3, n) of ``points`` (m, 3) for every joint."""
+        d = points[:, None, :] - joints_p[None, :, :]
+        cross = np.stack([z[None, :, 1] * d[..., 2] - z[None, :, 2] * d[..., 1],
+                          z[None, :, 2] * d[..., 0] - z[None, :, 0] * d[..., 2],
+                          z[None, :, 0] * d[..., 1] - z[None, :, 1] * d[..., 0]], axis=1)
+        if self._any_prismatic:
+            cross[:, :, self._types] = np.broadcast_to(z[self._types].T, cross[:, :, self._types].shape)
+        return cross
+
+    def ee_jacobian(self, q: np.ndarray) -> np.ndarray:
+        """Geometric Jacobian (6, n), rows [v (m/s); omega (rad/s)], base frame."""
+        rots, origins = self._frames(q)
+        z = self._axes_world(rots)
+        d = (origins[-1] + rots[-1] @ self._ee_p) - origins
+        jac = np.empty((6, len(self.joint_names)))
+        jac[:3] = (z[:, _I1] * d[:, _I2] - z[:, _I2] * d[:, _I1]).T
+        jac[3:] = z.T
+        if self._any_prismatic:
+            jac[:3, self._types] = z[self._types].T
+            jac[3:, self._types] = 0.0
+        return jac
+
+    def spheres(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Collision spheres: centres (m, 3) m base frame, radii (m,) m, Jacobians (m, 3, n)."""
+        rots, origins = self._frames(q)
+        g = self._sphere_group
+        centres = np.matmul(rots[g], self._sphere_local[:, :, None])[:, :, 0] + origins[g]
+        jac = self._linear_columns(self._axes_world(rots), origins, centres) * self._sphere_mask[:, None, :]
+        return centres, self._sphere_radii.copy(), jac
+
+    def ik_step(self, q: np.ndarray, dx: np.ndarray, rot_goal: np.ndarray | float | None = None,
+                damping: float | None = None) -> np.ndarray:
+        """Damped-least-squares step ``dq = J^T (J J^T + damping^2 I)^-1 dx``.
+
+        Two forms:
+            ``ik_step(q, dx, damping)``: ``dx`` (6,) = [dp (m); dtheta (rad, axis-angle)], base frame.
+            ``ik_step(q, p_goal, rot_goal, damping=...)``: ``p_goal`` (3,) m and ``rot_goal`` (3, 3)
+            base frame; ``dx`` is then :func:`pose_error` from the present EE pose to that goal.
+
+        Args:
+            q: joint positions (n,) rad.
+            damping: lambda (> 0, default 0.05); larger is slower but well-behaved near singularities.
+        Returns:
+            dq (n,) rad. Non-finite input raises ValueError (never a NaN step).
+        """
+        if rot_goal is not None and np.ndim(rot_goal) == 0:
+            rot_goal, damping = None, float(rot_goal)  # type: ignore[arg-type]
+        damping = 0.05 if damping is None else damping
+        q, dx = np.asarray(q, dtype=float), np.asarray(dx, dtype=float)
+        if not np.all(np.isfinite(q)) or not np.all(np.isfinite(dx)):
+            raise ValueError(f"ik_step needs finite q and goal, got q={q!r}, dx={dx!r}")
+        if rot_goal is not None:
+            rot_goal = np.asarray(rot_goal, dtype=float)
+            if dx.shape != (3,) or rot_goal.shape != (3, 3) or not np.all(np.isfinite(rot_goal)):
+                raise ValueError(f"ik_step(q, p_goal, rot_goal) needs finite (3,) and (3, 3) goals, got "
+                                 f"{dx.shape} and {rot_goal.shape}")
+            dx = pose_error(*self.ee_pose(q), dx, rot_goal)
+        if dx.shape != (6,):
+            raise ValueError(f"ik_step needs dx of shape (6,), got {dx.shape}")
+        if not damping > 0:
+            raise ValueError(f"damping must be > 0, got {damping}")
+        jac = self.ee_jacobian(q)
+        return jac.T @ np.linalg.solve(jac @ jac.T + damping ** 2 * np.eye(6), dx)
+
+
+def pose_error(p: np.ndarray, rot: np.ndarray, p_goal: np.ndarray, rot_goal: np.ndarray) -> np.ndarray:
+    """The (6,) displacement [p_goal - p (m); axis-angle of rot_goal @ rot^T (rad)], base frame."""
+    r_err = rot_goal @ rot.T
+    cos = max(-1.0, min(1.0, (np.trace(r_err) - 1.0) / 2.0))
+    angle = math.acos(cos)
+    vec = np.array([r_err[2, 1] - r_err[1, 2], r_err[0, 2] - r_err[2, 0], r_err[1, 0] - r_err[0, 1]])
+    if angle < 1e-9:
+        w = 0.5 * vec
+    elif math.pi - angle < 1e-6:
+        axis = np.sqrt(np.maximum((np.diag(r_err) + 1.0) / 2.0, 0.0))
+        i = int(np.argmax(axis))
+        axis = r_err[:, i] + np.eye(3)[:, i]
+        w = axis / np.linalg.norm(axis) * angle
+    else:
+        w = vec * angle / (2.0 * math.sin(angle))
+    return np.concatenate([np.asarray(p_goal) - np.asarray(p), w])
