@@ -109,10 +109,15 @@ def _load_policy(cfg: DeployConfig, scene: Any, policy: Any) -> Callable[[Any], 
 
 
 def _check_startup(cfg: DeployConfig, arm: Any, spec: Any) -> None:
-    """Refuse to start on a joint mismatch (A2) or a step clamp faster than the spec allows (A4)."""
-    if tuple(arm.joint_names) != tuple(spec.joint_names):
-        raise ConfigError(f"deploy: driver joints {list(arm.joint_names)} do not match the safety spec's "
-                          f"{list(spec.joint_names)}")
+    """Refuse to start when a spec joint is not on the bus (A2) or the step clamp is faster than the
+    spec allows (A4); bus joints outside the spec (the gripper) are held still."""
+    missing = [j for j in spec.joint_names if j not in tuple(arm.joint_names)]
+    if missing:
+        raise ConfigError(f"deploy: the safety spec's joints {missing} are not on the bus "
+                          f"(driver joints {list(arm.joint_names)})")
+    held = [j for j in arm.joint_names if j not in spec.joint_names]
+    if held:
+        logger.warning("joints %s are outside the safety spec: held at their measured pose", held)
     vmax = min(j.velocity for j in spec.joints)
     if cfg.max_step_rad > vmax * cfg.dt + 1e-12:
         raise ConfigError(f"deploy.max_step_rad: {cfg.max_step_rad} rad per cycle exceeds the slowest joint "
@@ -133,9 +138,12 @@ def _connect_arm(cfg: DeployConfig, sim: SimRig | None, arm: Any) -> Any:
                    **({"secondary_id": s.secondary_id} if s.secondary_id is not None else {})}
                   for s in servo_specs_from_scene(cfg.scene)]
         arm_cfg = {"port": cfg.port, "motors": motors}
-    arm_cfg = {**arm_cfg, "timeout_s": cfg.bus_timeout_s, "retries": cfg.bus_retries}
+    # the handshake runs with the patient connect timeout (also pyserial's write timeout, set when
+    # the port opens); the control loop then waits at most bus_timeout_s per reply attempt
+    arm_cfg = {**arm_cfg, "timeout_s": max(cfg.connect_timeout_s, cfg.bus_timeout_s), "retries": 2}
     driver = DynamixelArm(ArmConfig.from_dict(arm_cfg, "deploy.robot"))
     driver.connect()
+    driver.bus.timeout_s, driver.bus.retries = cfg.bus_timeout_s, cfg.bus_retries
     return driver
 
 
@@ -150,6 +158,7 @@ class _Run:
         self.sim: SimRig | None = None
         self.arm: Any = None
         self.monitor: Any = None
+        self.spec: Any = None
         self.sup: Supervisor | None = None
         self.loop: ControlLoop | None = None
         self.policy_thread: PolicyThread | None = None
@@ -172,6 +181,7 @@ def _setup(run: _Run, policy: Any, spec: Any, robot_model: Any, arm: Any,
 
     cfg = run.cfg
     scene, spec, model = _load_scene(cfg, spec, robot_model)
+    run.spec = spec
     policy_fn = _load_policy(cfg, scene, policy)
     if cfg.port == "sim" or cfg.estop_port == "sim":
         run.sim = SimRig(cfg.scene, bus=cfg.port == "sim" and arm is None, estop=cfg.estop_port == "sim",
@@ -281,6 +291,7 @@ def _shutdown(run: _Run, status: str) -> dict[str, Any]:
         summary["event_log_error"] = str(exc)
     summary["event_log"] = {"records": run.log.count, "head_sha256": run.log.head_sha256,
                             "failed": run.log.failed}
+    summary["events_head_sha256"] = run.log.head_sha256  # the audit's anchor for verify_chain
     if run.sim is not None:
         run.sim.close()
     atomic_write_json(run.dir / "summary.json", summary)
@@ -343,8 +354,9 @@ def _wait_and_arm(run: _Run, timeout_s: float = 2.0) -> None:
             logger.warning("state read before arming failed (retrying): %s", exc)
             time.sleep(0.01)
             continue
-        run.loop.board.put(obs["t_mono"], np.asarray(obs["position"], dtype=float),
-                           np.asarray(obs["velocity"], dtype=float))
+        ctrl = run.loop.ctrl
+        run.loop.board.put(obs["t_mono"], np.asarray(obs["position"], dtype=float)[ctrl],
+                           np.asarray(obs["velocity"], dtype=float)[ctrl])
         chunk = run.loop.mailbox.latest()
         fresh = chunk is not None and obs["t_mono"] - chunk.t_obs < run.cfg.policy_deadline_s / 2
         if (run.monitor.permits_motion() and fresh) or time.monotonic() > end or run.abort:

@@ -80,6 +80,8 @@ class DeployConfig:
         bus_timeout_s: servo reply timeout per attempt (s); with ``bus_retries`` it bounds a failed
             read to ``(1 + bus_retries) * bus_timeout_s`` inside the control period (C1).
         bus_retries: extra attempts after a reply timeout (C1).
+        connect_timeout_s: reply timeout during the connect handshake (s), which is also the serial
+            write timeout for the whole run.
         shutdown_timeout_s: longest time the safe-shutdown path waits for Stop 1 (D4).
         run_dir: root of the run directories.
         duration_s: run length (s) when ``steps`` is 0.
@@ -112,6 +114,7 @@ class DeployConfig:
     ee_speed_monitor_m_s: float = 0.0
     bus_timeout_s: float = 0.01
     bus_retries: int = 1
+    connect_timeout_s: float = 0.05
     shutdown_timeout_s: float = 3.0
     run_dir: str = "runs/deploy"
     duration_s: float = 5.0
@@ -126,7 +129,7 @@ class DeployConfig:
     def __post_init__(self) -> None:
         for name in ("control_hz", "policy_hz", "ee_scale_m", "ee_scale_rad", "max_step_rad",
                      "staleness_timeout_s", "policy_deadline_s", "estop_stale_s", "shutdown_timeout_s",
-                     "duration_s", "bus_timeout_s"):
+                     "duration_s", "bus_timeout_s", "connect_timeout_s"):
             _positive(name, getattr(self, name))
         if not 10 <= self.control_hz <= 1000 or self.policy_hz > self.control_hz:
             raise ConfigError(f"deploy.control_hz: need 10..1000 Hz and >= policy_hz, got "

@@ -8,7 +8,9 @@ supervisor's gate allows, starting from the measured pose after every (re)arm (A
 
 When there is no usable action the loop holds: nothing is written and the servos keep their
 last goal (hold-last-safe); the supervisor counts the misses (A9) and stops on stale input (A6).
-Units: rad, rad/s, m, s (monotonic clock); joint order = the driver's ``joint_names``.
+Telemetry ``q``, ``dq``, ``sent`` hold the controlled joints in the safety spec's order; bus joints
+outside the spec (the gripper) are held at their pose and reported in ``q_held``.
+Units: rad, rad/s, m, s (monotonic clock).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safetwin.safety.filter import FilterState, Nominal
 from .deploy_config import DeployConfig
 from .deploy_io import ArmStopActuator, read_state, report_write_error
 from .deploy_policy import ActionChunk, ChunkMailbox, StateBoard
+from .serial_bus import CommError, DisconnectedError
 from .supervisor import Cause, Supervisor, SupervisorState
 
 logger = logging.getLogger(__name__)
@@ -46,8 +49,13 @@ class ControlLoop:
         self.model = robot_model
         self.speed_limit = cfg.ee_speed_monitor_m_s or 1.2 * spec.ee_speed_max
         self.mailbox, self.board, self.actuator = mailbox, board, actuator
-        self.names = tuple(arm.joint_names)
+        self.all_names = tuple(arm.joint_names)
+        self.names = tuple(spec.joint_names)  # the controlled (filtered) joints
+        self.ctrl = np.array([self.all_names.index(n) for n in self.names], dtype=int)
+        self.extra = np.array([i for i, n in enumerate(self.all_names) if n not in self.names], dtype=int)
         self.n = len(self.names)
+        self.extra_hold = np.zeros(len(self.extra))
+        self.sent_all: np.ndarray | None = None
         self.lower = np.array([j.lower for j in spec.joints])
         self.upper = np.array([j.upper for j in spec.joints])
         self.q_goal: np.ndarray | None = None
@@ -67,26 +75,30 @@ class ControlLoop:
         q = dq = ee_speed = None
         if obs is None:
             faults.append("read_failed")
-            if self.q_goal is not None:  # nothing is written this cycle: the servos hold the last goal
+            if self.sent_all is not None:  # nothing is written this cycle: the servos hold the last goal
                 self.v_cmd = np.zeros(self.n)
-                self.sup.note_command(self.q_goal)
+                self.sup.note_command(self.sent_all)
         else:
-            q, dq = np.asarray(obs["position"], dtype=float), np.asarray(obs["velocity"], dtype=float)
+            q_all = np.asarray(obs["position"], dtype=float)
+            dq_all = np.asarray(obs["velocity"], dtype=float)
+            q, dq = q_all[self.ctrl], dq_all[self.ctrl]
             self.board.put(obs["t_mono"], q, dq)
-            if self.q_goal is not None and self.sup.may_command():
-                self.sup.report_tracking(self.q_goal, q)
+            if self.sent_all is not None and self.sup.may_command():
+                self.sup.report_tracking(self.sent_all, q_all)
             ee_speed = self._ee_speed(q, dq)
-        self.sup.tick(q)
+        self.sup.tick(None if q is None else q_all)
         rec: dict[str, Any] = {"nominal": None, "filtered": None, "sent": None, "filter": None}
         if self.sup.may_command() and q is not None:
-            self._command(now, q, faults, rec)
+            self._command(now, q, q_all, faults, rec)
             if self.sup.state is SupervisorState.STOPPING:
-                self.sup.tick(q)  # a stop caused by this cycle's action sends its first brake goal now
+                self.sup.tick(q_all)  # a stop caused by this cycle's action sends its first brake goal now
         elif self.sup.state is not SupervisorState.ARMED:
-            self.q_goal, self.v_cmd = None, np.zeros(self.n)  # next arm ramps from the measured pose
+            self.q_goal, self.sent_all, self.v_cmd = None, None, np.zeros(self.n)  # re-arm ramps from q
         for f in faults:
             self.counts[f.split(":")[0]] += 1
+        held = None if q is None or not len(self.extra) else q_all[self.extra].tolist()
         rec.update({"q": None if q is None else q.tolist(), "dq": None if dq is None else dq.tolist(),
+                    "q_held": held,
                     "faults": faults, "state": self.sup.state.value,
                     "bus_read_ms": self.bus_read_ms, "bus_write_ms": self.bus_write_ms, "ee_speed": ee_speed,
                     "stop_cmd": self.actuator.commands > stop_before})
@@ -109,21 +121,30 @@ class ControlLoop:
             return True
         try:
             self.arm.enable_torque()  # holds the present pose, then torque on (the driver's arm step)
-        except Exception as exc:  # noqa: BLE001 - any failure to arm is a stop cause
+        except CommError as exc:  # no reply / unplugged: a bus fault (K in a row stop; unplug at once)
+            self.sup.report_bus(False, f"enable_torque: {type(exc).__name__}: {exc}",
+                                lost=isinstance(exc, DisconnectedError))
+            return False
+        except Exception as exc:  # noqa: BLE001 - a servo refusing torque (alarm, watchdog, ...) stops
             self.sup.trip(Cause.SERVO_ALARM, f"enable_torque failed: {type(exc).__name__}: {exc}")
             return False
-        self.q_goal, self.v_cmd = None, np.zeros(self.n)
+        self.q_goal, self.sent_all, self.v_cmd = None, None, np.zeros(self.n)
         return True
 
     def _hold(self, faults: list[str], why: str) -> None:
         faults.append(why)
         self.v_cmd = np.zeros(self.n)
-        if self.q_goal is not None:
-            self.sup.note_command(self.q_goal)  # the servos keep the last goal: zero velocity
+        if self.sent_all is not None:
+            self.sup.note_command(self.sent_all)  # the servos keep the last goal: zero velocity
 
-    def _command(self, now: float, q: np.ndarray, faults: list[str], rec: dict[str, Any]) -> None:
+    def _command(self, now: float, q: np.ndarray, q_all: np.ndarray, faults: list[str],
+                 rec: dict[str, Any]) -> None:
+        """Controlled joints ``q`` (filter order); joints outside the spec (e.g. the gripper) are
+        held where they were measured when the command stream (re)started."""
         if not self._ensure_torque():
             return
+        if self.q_goal is None:
+            self.extra_hold = q_all[self.extra]
         nominal = self._nominal(now, q, faults)
         if nominal is None:
             return
@@ -140,15 +161,18 @@ class ControlLoop:
         if not self.sup.may_command():  # the gate, checked right before the write
             return
         t_write = time.perf_counter()
+        full = np.empty(len(self.all_names))
+        full[self.ctrl], full[self.extra] = goal, self.extra_hold
         try:
-            sent = self.arm.send_action(dict(zip(self.names, goal.tolist(), strict=True)))
+            sent = self.arm.send_action(dict(zip(self.all_names, full.tolist(), strict=True)))
             self.bus_write_ms = (time.perf_counter() - t_write) * 1e3
         except Exception as exc:  # noqa: BLE001 - mapped to the matching stop cause
             faults.append(f"write_failed:{type(exc).__name__}")
             report_write_error(exc, self.sup)
             return
-        sent_q = np.array([sent[name] for name in self.names])
-        self.sup.note_command(sent_q)
+        self.sent_all = np.array([sent[name] for name in self.all_names])
+        sent_q = self.sent_all[self.ctrl]
+        self.sup.note_command(self.sent_all)
         self.v_cmd = (goal - q_ref) / self.cfg.dt  # before tick quantisation: the filter's own rate
         self.q_goal = sent_q
         rec["sent"] = sent_q.tolist()

@@ -48,8 +48,25 @@ def build_summary(run: Any, status: str, energised: list[str]) -> dict[str, Any]
         "config_sha256": _sha(run.dir / "config.yaml"), "seed": cfg.seed,
         "injected": run.injected,
         "driver": _describe(arm),
+        "joint_names": list(loop.names) if loop is not None else None,
+        "held_joints": [loop.all_names[i] for i in loop.extra] if loop is not None else None,
+        "safety_spec": run.spec.to_dict() if getattr(run, "spec", None) is not None else None,
     }
+    out.update(_hardware_facts(out["driver"], cfg))
     return out
+
+
+def _hardware_facts(driver: dict[str, Any] | None, cfg: Any) -> dict[str, Any]:
+    """F1: servo IDs/models/firmware and the latency settings, in the audit's field names."""
+    if not driver:
+        return {"servos": None, "latency_settings": None}
+    servos = [{"id": m["id"], "secondary_id": m.get("secondary_id"), "name": m["name"],
+               "model": m["model"], "firmware": m.get("firmware")} for m in driver.get("motors", [])]
+    latency = {"usb_latency_timer_ms": driver.get("latency_timer_ms"),
+               "return_delay_us": driver.get("return_delay_us"), "bus_watchdog_ms": driver.get("bus_watchdog_ms"),
+               "baudrate": driver.get("baudrate"), "reply_timeout_s": cfg.bus_timeout_s,
+               "retries": cfg.bus_retries}
+    return {"servos": servos, "latency_settings": latency}
 
 
 def _comm_faults(arm: Any) -> dict[str, int] | None:

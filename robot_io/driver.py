@@ -232,6 +232,21 @@ class DynamixelArm:
         """(n, 2) [lower, upper] joint limits in rad (joint frame), read from the servos at connect."""
         return self._limits.copy()
 
+    @property
+    def action_features(self) -> dict[str, type]:
+        """Action keys (the twin's ``Robot`` layout), usable while disconnected."""
+        return {f"{n}.pos": float for n in self.joint_names}
+
+    @property
+    def observation_features(self) -> dict[str, type]:
+        """Scalar observation keys (the twin's layout); arrays are returned alongside."""
+        return {f"{n}.{kind}": float for n in self.joint_names for kind in ("pos", "vel")}
+
+    @property
+    def comm_faults(self) -> dict[str, int]:
+        """Comm-fault counters by type (timeouts, retries, crc_errors, wrong_id, alerts, ...)."""
+        return self.bus.fault_counts()
+
     def all_ids(self) -> list[int]:
         """Every bus ID of the arm, primaries then secondaries (dual-servo joints)."""
         return [m.id for m in self.motors] + [m.ids[1] for m in self.motors if len(m.ids) > 1]
@@ -259,6 +274,10 @@ class DynamixelArm:
                 raise
             logger.warning("%s := %d on %s done; the servo reports a hardware alert", name, value,
                            self._name_of(servo_id))
+        except ServoStatusError as exc:  # C7: name the register, not only its address
+            exc.register = name  # type: ignore[attr-defined]
+            exc.args = (f"{exc} [{self._name_of(servo_id)}: register {name} := {value}]",)
+            raise
 
     def _read_block(self, servo_id: int, address: int, size: int) -> bytes:
         """Read bytes, also from a servo whose status carries the alert bit (the data is valid)."""
@@ -285,8 +304,10 @@ class DynamixelArm:
                 connect with rollback). A servo alarm or a tripped watchdog does not fail the
                 handshake (the operator must be able to reset it); :meth:`enable_torque` refuses.
         """
-        if self._connected:
+        if self.is_connected:
             return
+        self.bus.close()  # drop a port left latched by an earlier disconnection (C8)
+        self._connected = self._armed = False
         self._check_latency_timer()
         self.bus.open()
         try:
@@ -634,6 +655,23 @@ class DynamixelArm:
         return np.array(sent)
 
     # ------------------------------------------------------------------ maintenance
+    def _motor(self, joint: str) -> MotorConfig:
+        for m in self.motors:
+            if m.name == joint:
+                return m
+        raise KeyError(f"no joint {joint!r}; joints: {list(self.joint_names)}")
+
+    def read_register(self, joint: str, register: str) -> int:
+        """Raw value of a control-table register of the joint's (primary) servo."""
+        self._require_connected()
+        return self._read_reg(self._motor(joint).id, register)
+
+    def write_register(self, joint: str, register: str, value: int) -> None:
+        """Maintenance write of a raw register value to every servo of a joint (typed C7 errors)."""
+        self._require_connected()
+        for sid in self._motor(joint).ids:
+            self._write_reg(sid, register, value)
+
     def clear_watchdog(self) -> None:
         """Reset-procedure step (C13): write 0 to Bus Watchdog on every servo (torque stays as is)."""
         for sid in self.all_ids():

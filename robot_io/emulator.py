@@ -266,6 +266,8 @@ class ServoChain:
             if packet.instruction in (Instruction.SYNC_READ, Instruction.SYNC_WRITE):
                 return fn(packet)
             replies += fn(s, packet)
+        if packet.servo_id == proto.BROADCAST_ID and packet.instruction != Instruction.PING:
+            return []  # a broadcast write/reboot is applied by every servo, answered by none
         return replies
 
     def _status(self, s: VirtualServo, error: int, params: bytes = b"", level: int = 2) -> list[bytes]:

@@ -34,12 +34,14 @@ class PybulletPlant:
         servos: joints with their bus ids and models (secondaries follow their joint).
         time_step_s: physics step, s.
         realtime: advance by elapsed wall time (True) or one step per :meth:`step` (False).
-        limp_friction_nm: gearbox friction holding a joint with torque off, N*m.
+        limp_friction_nm: back-driving friction of one servo's gearbox with torque off, N*m
+            (an assumption: the 150:1-270:1 gear trains are hard to back-drive; a joint whose
+            gravity load exceeds it still falls, as an unbraked arm does).
         gravity: gravity along world -z, m/s^2.
     """
 
     def __init__(self, urdf: str | Path, servos: Sequence[ServoSpec], time_step_s: float = 1.0 / 240.0,
-                 realtime: bool = True, limp_friction_nm: float = 1.0, gravity: float = 9.81) -> None:
+                 realtime: bool = True, limp_friction_nm: float = 5.0, gravity: float = 9.81) -> None:
         if not Path(urdf).is_file():
             raise FileNotFoundError(f"virtual robot: URDF not found: {urdf}")
         self.client = BulletClient(connection_mode=pybullet.DIRECT)
@@ -81,7 +83,8 @@ class PybulletPlant:
             for joint in self.joints_of[sid]:
                 if goal is None:
                     self.client.setJointMotorControl2(self.body, joint, pybullet.VELOCITY_CONTROL,
-                                                      targetVelocity=0.0, force=self.friction / spec.scale)
+                                                      targetVelocity=0.0,
+                                                      force=self.friction * len(spec.ids) / spec.scale)
                 else:
                     self.client.setJointMotorControl2(
                         self.body, joint, pybullet.POSITION_CONTROL, targetPosition=spec.to_joint(goal),

@@ -331,6 +331,10 @@ class PacketParser:
             self.stats.bad_stuffing += 1
             self._drop(1)
             return None, True
+        if body[0] == Instruction.STATUS and len(body) < 2:  # a status needs its error byte
+            self.stats.bad_length += 1
+            self._drop(1)
+            return None, True
         del self._buf[:total]
         return _packet_from_body(frame[4], body), True
 
@@ -345,7 +349,7 @@ def _partial_header_len(buf: bytearray) -> int:
 
 def _packet_from_body(servo_id: int, body: bytes) -> Packet:
     instruction = body[0]
-    if instruction == Instruction.STATUS and len(body) >= 2:
+    if instruction == Instruction.STATUS:
         return Packet(servo_id, instruction, bytes(body[2:]), error=body[1])
     return Packet(servo_id, instruction, bytes(body[1:]))
 

@@ -103,11 +103,10 @@ class Supervisor:
         self._beginning = False
 
     # ------------------------------------------------------------------ logging
-    def _log(self, kind: str, cause: str | None = None, **data: Any) -> bool:
-        """Append to the event log; on failure latch LOG_FAILURE (D7) and return False."""
+    def _log(self, kind: str, cause: str | None = None, **data: Any) -> dict[str, Any] | None:
+        """Append to the event log and return the record; on failure latch LOG_FAILURE (D7), None."""
         try:
-            self.log.append(kind, state=self.state.value, cause=cause, data=data)
-            return True
+            return self.log.append(kind, state=self.state.value, cause=cause, data=data)
         except EventLogError as exc:
             logger.error("event log failed: %s", exc)
             if Cause.LOG_FAILURE not in self.active:
@@ -115,17 +114,18 @@ class Supervisor:
                 self.faults[Cause.LOG_FAILURE.value] = self.faults.get(Cause.LOG_FAILURE.value, 0) + 1
                 if not self._beginning and self.state in (SupervisorState.ARMED, SupervisorState.DISARMED):
                     self._begin_stop(Cause.LOG_FAILURE, str(exc), 1)
-            return False
+            return None
 
     def record(self, kind: str, **data: Any) -> bool:
         """Log an operator or runner event (e.g. an injected fault); False if the log failed (D7)."""
         with self._lock:
-            return self._log(kind, None, **data)
+            return self._log(kind, None, **data) is not None
 
-    def _set_state(self, new: SupervisorState, cause: str | None, **data: Any) -> None:
-        self._log("transition", cause, to=new.value, **data)
+    def _set_state(self, new: SupervisorState, cause: str | None, **data: Any) -> dict[str, Any] | None:
+        rec = self._log("transition", cause, to=new.value, **data)
         logger.info("supervisor %s -> %s (%s)", self.state.value, new.value, cause)
         self.state = new
+        return rec
 
     # ------------------------------------------------------------------ gate and queries
     def may_command(self) -> bool:
@@ -286,8 +286,10 @@ class Supervisor:
         self.last_stop_t, self.last_stop_index = rec.t_trip, next(self._order)
         self._beginning = True
         try:  # a failing log write here must not start a second, nested stop
-            self._set_state(SupervisorState.STOPPING, cause.value, detail=detail, category=category,
-                            q=rec.q_trip)
+            logged = self._set_state(SupervisorState.STOPPING, cause.value, detail=detail, category=category,
+                                     q=rec.q_trip)
+            if logged is not None:
+                rec.t_trip = logged["t_mono"]  # the stop's time is its logged transition's time
         finally:
             self._beginning = False
         start = self._goal if self._goal is not None else self._q
@@ -340,7 +342,7 @@ class Supervisor:
         rec.t_torque_off = self.clock()
         rec.q_end = None if self._q is None else self._q.tolist()
         self._log("stop_stage", rec.cause, stage="torque_off", ok=ok, error=err, why=why,
-                  T_stop_s=rec.t_torque_off - rec.t_trip)
+                  category=rec.category, t_stop_s=rec.t_torque_off - rec.t_trip)
         self._goal = self._goal_vel = None
         self._set_state(SupervisorState.LATCHED, rec.cause, stop=rec.as_dict())
 
@@ -371,7 +373,8 @@ class Supervisor:
             if self.state is not SupervisorState.DISARMED or persisting:
                 self._log("arm_refused", None, operator=operator, state=self.state.value, persisting=persisting)
                 return False
-            if not self._log("transition", None, to=SupervisorState.ARMED.value, operator=operator, command="arm"):
+            if self._log("transition", None, to=SupervisorState.ARMED.value, operator=operator,
+                         command="arm") is None:
                 return False
             self.state = SupervisorState.ARMED
             self._goal = self._goal_vel = None

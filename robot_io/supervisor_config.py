@@ -127,8 +127,9 @@ class StopRecord:
         dist = None
         if self.q_trip is not None and self.q_end is not None:
             dist = [abs(a - b) for a, b in zip(self.q_end, self.q_trip, strict=True)]
+        t_stop = None if end is None else end - self.t_trip
         return {"cause": self.cause, "detail": self.detail, "category": self.category,
-                "state_before": self.state_before, "t_trip": self.t_trip,
-                "T_stop_s": None if end is None else end - self.t_trip,
+                "state_before": self.state_before, "t_trip": self.t_trip, "t_mono": self.t_trip,
+                "T_stop_s": t_stop, "t_stop_s": t_stop,
                 "T_zero_velocity_s": None if self.t_zero_velocity is None else self.t_zero_velocity - self.t_trip,
                 "stop_distance_rad": dist, "stage_failures": list(self.stage_failures)}

@@ -66,6 +66,15 @@ class ServoSpec:
         return self.scale * servo_rad + self.offset
 
 
+def motors_for(servos: Sequence[ServoSpec]) -> list[dict[str, Any]]:
+    """``ArmConfig.motors`` entries for a servo chain (names, ids, models, shadow ids and the
+    gripper's m-per-rad scale); use it for the real arm too: ``motors_for(servo_specs_from_scene(s))``."""
+    return [{"name": s.joint, "id": s.id, "model": s.model,
+             **({"secondary_id": s.secondary_id} if s.secondary_id is not None else {}),
+             **({"scale": s.scale, "offset_rad": s.offset} if (s.scale, s.offset) != (1.0, 0.0) else {})}
+            for s in servos]
+
+
 class VirtualRobot:
     """A servo chain on a pty, with the emulator's fault-injection API.
 
@@ -130,11 +139,7 @@ class VirtualRobot:
     # ------------------------------------------------------------------ helpers
     def arm_config(self, **overrides: Any) -> dict[str, Any]:
         """A plain ``ArmConfig`` mapping for this arm (port, motors), with ``overrides`` applied."""
-        motors = [{"name": s.joint, "id": s.id, "model": s.model,
-                   **({"secondary_id": s.secondary_id} if s.secondary_id is not None else {}),
-                   **({"scale": s.scale, "offset_rad": s.offset} if (s.scale, s.offset) != (1.0, 0.0) else {})}
-                  for s in self.servos]
-        return {"port": self.port, "motors": motors, **overrides}
+        return {"port": self.port, "motors": motors_for(self.servos), **overrides}
 
     def ids_of(self, joint: str) -> list[int]:
         for s in self.servos:

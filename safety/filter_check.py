@@ -56,8 +56,10 @@ def step_violations(spec: SafetySpec, model: RobotModel, q: np.ndarray, dq: np.n
                     before: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Constraints that command ``u`` (rad/s) breaks over one step, ``{name: amount}``.
 
-    Checks ``h(q+) >= (1 - gamma) h(q) - tol`` for every barrier, ``|u| <= v_max``,
-    ``|u - dq| <= a_max dt`` and ``|J_v(q) u| <= ee_speed_max`` (each with ``tol``).
+    Checks ``h(q+) >= (1 - gamma) h(q) - tol`` for every barrier with ``h(q) >= 0``, and
+    ``h(q+) >= h(q) - tol`` (never deeper, bounded-speed recovery: scenario B6) for a barrier
+    already violated; ``|u| <= v_max``, ``|u - dq| <= a_max dt`` and
+    ``|J_v(q) u| <= ee_speed_max`` (each with ``tol``).
     """
     gamma = spec.filter.gamma
     vel = np.array([j.velocity for j in spec.joints])
@@ -66,7 +68,8 @@ def step_violations(spec: SafetySpec, model: RobotModel, q: np.ndarray, dq: np.n
     h1 = barrier_values(spec, model, q + u * dt)
     found: dict[str, float] = {}
     for name, values in h0.items():
-        gap = float(np.max((1.0 - gamma) * values - h1[name]))
+        required = np.where(values >= 0.0, (1.0 - gamma) * values, values)
+        gap = float(np.max(required - h1[name]))
         if gap > tol:
             found[name] = gap
     checks = {"velocity": float(np.max(np.abs(u) - vel)),
@@ -83,8 +86,9 @@ def deeper_than_nominal(spec: SafetySpec, model: RobotModel, q: np.ndarray, u: n
     hu = barrier_values(spec, model, q + u * dt)
     hn = barrier_values(spec, model, q + nominal * dt)
     gamma = spec.filter.gamma
+    required = {name: np.where(v >= 0.0, (1 - gamma) * v, v) for name, v in h0.items()}
     return [name for name in h0
-            if np.any((hu[name] < (1 - gamma) * h0[name] - tol) & (hu[name] < hn[name] - tol))]
+            if np.any((hu[name] < required[name] - tol) & (hu[name] < hn[name] - tol))]
 
 
 @dataclass

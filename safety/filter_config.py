@@ -18,8 +18,13 @@ from .spec import SafetySpec
 
 logger = logging.getLogger(__name__)
 
-PROBE_SAMPLES = 32
-"""Configurations sampled at construction to find the moving spheres and the robot's reach."""
+PROBE_SAMPLES = 64
+"""Configurations sampled at construction to find the moving spheres and the curvature bound."""
+LIPSCHITZ_SAFETY = 1.5
+"""Factor on the largest sampled second derivative ``|d^2 p / dq_i dq_j|`` (m/rad^2) of any point,
+to cover configurations between the samples."""
+FD_STEP = 1e-5
+"""rad: central-difference step for the second derivatives."""
 
 
 class FilterConfigError(ValueError):
@@ -70,31 +75,49 @@ def _check_spec(spec: SafetySpec) -> None:
             raise FilterConfigError(f"safety.obstacles[{o.name}]: non-finite or negative geometry")
 
 
+def _points_jacobian(robot: RobotModel, q: np.ndarray) -> np.ndarray:
+    """Linear Jacobians (1 + m, 3, n) of the end effector and every sphere centre at ``q``."""
+    return np.concatenate([np.asarray(robot.ee_jacobian(q), float)[None, :3],
+                           np.asarray(robot.spheres(q)[2], float)])
+
+
+def _check_outputs(robot: RobotModel, q: np.ndarray, n: int) -> np.ndarray:
+    """Validate one evaluation of the model at ``q``; return the sphere Jacobians (m, 3, n)."""
+    m = len(tuple(robot.sphere_names))
+    p, rot = robot.ee_pose(q)
+    jac6 = np.asarray(robot.ee_jacobian(q), float)
+    centers, radii, jac = (np.asarray(a, float) for a in robot.spheres(q))
+    if (np.shape(p) != (3,) or np.shape(rot) != (3, 3) or jac6.shape != (6, n)
+            or centers.shape != (m, 3) or radii.shape != (m,) or jac.shape != (m, 3, n)):
+        raise FilterConfigError(
+            f"robot model {type(robot).__name__}: output shapes ee {np.shape(p)}, R {np.shape(rot)}, "
+            f"J {jac6.shape}, spheres {centers.shape}/{radii.shape}/{jac.shape} do not match "
+            f"{n} joints and {m} spheres")
+    if not all(np.all(np.isfinite(a)) for a in (p, rot, jac6, centers, radii, jac)):
+        raise FilterConfigError(f"robot model {type(robot).__name__}: non-finite output at q={q.tolist()}")
+    return jac
+
+
 def _probe(spec: SafetySpec, robot: RobotModel) -> tuple[np.ndarray, float]:
-    """Moving-sphere mask and reach (m) over sampled configurations within the joint limits."""
+    """Moving-sphere mask and the largest second derivative ``|d^2 p / dq_i dq_j|`` (m/rad^2) of
+    any point over sampled configurations within the joint limits (central differences)."""
     lower = np.array([j.lower for j in spec.joints])
     upper = np.array([j.upper for j in spec.joints])
+    n = len(lower)
     rng = np.random.default_rng(0)
-    samples = np.vstack([(lower + upper) / 2, rng.uniform(lower, upper, (PROBE_SAMPLES, len(lower)))])
-    names = tuple(robot.sphere_names)
-    moving, reach = np.zeros(len(names), bool), 0.0
+    samples = np.vstack([(lower + upper) / 2, rng.uniform(lower, upper, (PROBE_SAMPLES, n))])
+    moving = np.zeros(len(tuple(robot.sphere_names)), bool)
+    curvature = 0.0
     for q in samples:
-        p, rot = robot.ee_pose(q)
-        jac6 = np.asarray(robot.ee_jacobian(q), float)
-        centers, radii, jac = (np.asarray(a, float) for a in robot.spheres(q))
-        m, n = len(names), len(lower)
-        if (np.shape(p) != (3,) or np.shape(rot) != (3, 3) or jac6.shape != (6, n)
-                or centers.shape != (m, 3) or radii.shape != (m,) or jac.shape != (m, 3, n)):
-            raise FilterConfigError(
-                f"robot model {type(robot).__name__}: output shapes ee {np.shape(p)}, R {np.shape(rot)}, "
-                f"J {jac6.shape}, spheres {centers.shape}/{radii.shape}/{jac.shape} do not match "
-                f"{n} joints and {m} spheres")
-        if not all(np.all(np.isfinite(a)) for a in (p, rot, jac6, centers, radii, jac)):
-            raise FilterConfigError(f"robot model {type(robot).__name__}: non-finite output at q={q.tolist()}")
-        moving |= np.any(jac != 0.0, axis=(1, 2))
-        reach = max(reach, float(np.linalg.norm(p)),
-                    float(np.max(np.linalg.norm(centers, axis=1) + radii, initial=0.0)))
-    return moving, reach
+        moving |= np.any(_check_outputs(robot, q, n) != 0.0, axis=(1, 2))
+        for i in range(n):
+            step = np.zeros(n)
+            step[i] = FD_STEP
+            d2 = (_points_jacobian(robot, q + step) - _points_jacobian(robot, q - step)) / (2 * FD_STEP)
+            curvature = max(curvature, float(np.max(np.linalg.norm(d2, axis=1))))
+    if not np.isfinite(curvature):
+        raise FilterConfigError(f"robot model {type(robot).__name__}: non-finite Jacobian derivatives")
+    return moving, curvature
 
 
 def validate_setup(spec: SafetySpec, robot: RobotModel, dt: float,
@@ -107,9 +130,9 @@ def validate_setup(spec: SafetySpec, robot: RobotModel, dt: float,
     if names != spec.joint_names:
         raise FilterConfigError(f"robot model joint_names {list(names)} do not match the spec's joints "
                                 f"{list(spec.joint_names)} (same names, same order)")
-    moving, reach = _probe(spec, robot)
+    moving, curvature = _probe(spec, robot)
     if lipschitz is None:
-        lipschitz = 4.0 * reach
+        lipschitz = LIPSCHITZ_SAFETY * curvature
     _positive(float(lipschitz), "jacobian_lipschitz", allow_zero=True)
     static = [robot.sphere_names[i] for i in np.flatnonzero(~moving)]
     if static:

@@ -113,7 +113,30 @@ class ObstacleArrays:
 JOINT_SOURCES = ("velocity", "acceleration", "position", "braking")
 
 
-def joint_bounds(lim: Limits, q: np.ndarray, dq: np.ndarray, dt: float
+@dataclass(frozen=True)
+class JointTerms:
+    """Constants of :func:`joint_bounds` for one period ``dt``: ``lam = gamma / dt`` (1/s);
+    per joint (n,): limits (rad, rad/s), ``adt = a_max dt`` (rad/s), ``h_star = a_max / lam^2``
+    (rad); ``*2`` arrays repeat a joint quantity for the upper and the lower limit (2n,)."""
+
+    lam: float
+    lower: np.ndarray
+    upper: np.ndarray
+    velocity: np.ndarray
+    adt: np.ndarray
+    adt2: np.ndarray
+    a2: np.ndarray
+    h_star2: np.ndarray
+
+    @classmethod
+    def make(cls, lim: Limits, dt: float) -> JointTerms:
+        lam = lim.gamma / dt
+        a = lim.acceleration
+        return cls(lam=lam, lower=lim.lower, upper=lim.upper, velocity=lim.velocity, adt=a * dt,
+                   adt2=np.tile(a * dt, 2), a2=np.tile(a, 2), h_star2=np.tile(a / (lam * lam), 2))
+
+
+def joint_bounds(t: JointTerms, q: np.ndarray, dq: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Simple bounds on ``u`` (rad/s): ``(lb, ub, lows, highs)``; ``lows``/``highs`` (4, n) hold
     the candidates in the order of :data:`JOINT_SOURCES` (to name the active one in reports).
@@ -125,18 +148,22 @@ def joint_bounds(lim: Limits, q: np.ndarray, dq: np.ndarray, dt: float
     ``a`` while keeping ``u <= lam h`` all the way, which holds when
     ``u^2 + 2 a dt u <= 2 a (h - h_star / 2)``, i.e.
     ``u <= -a dt + sqrt(a^2 dt^2 + 2 a (h - h_star / 2))`` for ``h = upper - q`` (mirrored at
-    ``lower``). Units: rad, rad/s, rad/s^2.
+    ``lower``). Outside the range (``h < 0``, scenario B6) the joint must move back, the return
+    speed ramping up by at most ``a dt`` per step (never deeper). Units: rad, rad/s, rad/s^2.
     """
-    g, a = lim.gamma / dt, lim.acceleration
-    adt = a * dt
-    h_star = a / (g * g)
-    h_hi, h_lo = lim.upper - q, q - lim.lower
-    stop_hi = np.where(h_hi > h_star, -adt + np.sqrt(np.maximum(adt * adt + 2 * a * (h_hi - 0.5 * h_star), 0.0)),
-                       np.inf)
-    stop_lo = np.where(h_lo > h_star, adt - np.sqrt(np.maximum(adt * adt + 2 * a * (h_lo - 0.5 * h_star), 0.0)),
-                       -np.inf)
-    lows = np.stack([-lim.velocity, dq - adt, -g * h_lo, stop_lo])
-    highs = np.stack([lim.velocity, dq + adt, g * h_hi, stop_hi])
+    n = q.shape[0]
+    h = np.concatenate([t.upper - q, q - t.lower])  # (2n,): upper then lower clearance
+    pos = t.lam * h
+    if h.min() < 0.0:  # B6 recovery ramp; outward speed sign-folded like h
+        out_speed = np.concatenate([np.minimum(dq, 0.0), -np.maximum(dq, 0.0)]) - t.adt2
+        pos = np.where(h < 0.0, np.maximum(pos, out_speed), pos)
+    stop = np.sqrt(np.maximum(t.adt2 * t.adt2 + 2.0 * t.a2 * (h - 0.5 * t.h_star2), 0.0)) - t.adt2
+    stop[h <= t.h_star2] = np.inf
+    lows, highs = np.empty((4, n)), np.empty((4, n))
+    lows[0], highs[0] = -t.velocity, t.velocity
+    lows[1], highs[1] = dq - t.adt, dq + t.adt
+    lows[2], highs[2] = -pos[n:], pos[:n]
+    lows[3], highs[3] = -stop[n:], stop[:n]
     return lows.max(axis=0), highs.min(axis=0), lows, highs
 
 
@@ -176,7 +203,7 @@ def _box_signed_distance(p: np.ndarray, centers: np.ndarray, half: np.ndarray
 
 
 def cartesian_rows(lim: Limits, obs: ObstacleArrays, p: np.ndarray, r: np.ndarray, jac: np.ndarray,
-                   jv_ee: np.ndarray, dt: float, margin: float
+                   jv_ee: np.ndarray, dt: float, margin: float, dq: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``G`` (R, n), ``b`` (R,) m/s, barrier values ``h`` (R,) m (NaN for speed rows), in
     the order of :func:`row_names`.
@@ -185,6 +212,7 @@ def cartesian_rows(lim: Limits, obs: ObstacleArrays, p: np.ndarray, r: np.ndarra
         p, r, jac: point positions (P, 3) m base frame, radii (P,) m, Jacobians (P, 3, n).
         jv_ee: linear end-effector Jacobian (3, n).
         margin: the sampled-data margin from :func:`fk_margin` (m).
+        dq: current joint velocities (rad/s), for the recovery ramp of violated barriers.
     """
     npts, _, n = jac.shape
     e, k, o = len(lim.ee_normals), len(lim.keep_names), len(obs.names)
@@ -206,25 +234,33 @@ def cartesian_rows(lim: Limits, obs: ObstacleArrays, p: np.ndarray, r: np.ndarra
         h[ends[3]:] = (dist - r[:, None] - lim.distance_margin).ravel()
     b = np.empty_like(h)
     b[:e] = lim.ee_offset
-    b[e:] = _barrier_rhs(G[e:], h[e:], lim, dt, margin)
+    b[e:] = _barrier_rhs(G[e:], h[e:], lim, dt, margin, dq)
     return G, b, h
 
 
-def _barrier_rhs(G: np.ndarray, h: np.ndarray, lim: Limits, dt: float, margin: float) -> np.ndarray:
-    """Right-hand side (m/s) of the Cartesian barrier rows ``G u <= b``: the discrete barrier
-    rate ``(gamma h - margin) / dt``, capped by a braking-distance term like the joints' one
-    (:func:`joint_bounds`) with the row's deceleration authority taken as
-    :data:`CARTESIAN_BRAKE_FRACTION` of ``sum_i |G_i| a_max_i`` (m/s^2), so a point approaching a
-    barrier slows down early enough to stay feasible instead of hitting the brake."""
+def _barrier_rhs(G: np.ndarray, h: np.ndarray, lim: Limits, dt: float, margin: float,
+                 dq: np.ndarray) -> np.ndarray:
+    """Right-hand side (m/s) of the Cartesian barrier rows ``G u <= b``.
+
+    Inside the safe set: the discrete barrier rate ``(gamma h - margin) / dt``, capped by a
+    braking-distance term like the joints' one (:func:`joint_bounds`) with the row's deceleration
+    authority taken as :data:`CARTESIAN_BRAKE_FRACTION` of ``sum_i |G_i| a_max_i`` (m/s^2), so a
+    point approaching a barrier slows down early enough to stay feasible instead of braking.
+    Outside it (``h < 0``, scenario B6) the point must move back, its return speed ramping up by
+    at most that deceleration times ``dt`` per step (bounded-speed recovery, never deeper).
+    """
     lam = lim.gamma / dt
     h_eff = h - margin / lim.gamma
     rate = lam * h_eff
     decel = CARTESIAN_BRAKE_FRACTION * (np.abs(G) @ lim.acceleration)
     h_star = decel / (lam * lam)
     far = (h_eff > h_star) & (decel > 0.0)
-    if not far.any():
-        return rate
-    adt = decel[far] * dt
-    brake = -adt + np.sqrt(adt * adt + 2.0 * decel[far] * (h_eff[far] - 0.5 * h_star[far]))
-    rate[far] = np.minimum(rate[far], brake)
+    if far.any():
+        adt = decel[far] * dt
+        brake = -adt + np.sqrt(adt * adt + 2.0 * decel[far] * (h_eff[far] - 0.5 * h_star[far]))
+        rate[far] = np.minimum(rate[far], brake)
+    outside = (h < 0.0) & (decel > 0.0)  # without authority the row stays violated: degenerate
+    if outside.any():
+        ramp = np.minimum(G[outside] @ dq, 0.0) - decel[outside] * dt
+        rate[outside] = np.minimum(np.maximum(rate[outside], ramp), -margin / dt)  # h(x+) >= h(x)
     return rate

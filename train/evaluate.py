@@ -27,9 +27,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from tqdm import tqdm
-
 from safetwin.safety.runio import atomic_write_json, atomic_write_text, sha256_file
+from tqdm import tqdm
 
 from .checkpoint import load_policy
 from .envs import COST_CATEGORIES, import_env_package
@@ -48,14 +47,15 @@ def _scene(scene: Any) -> Any:
 
 
 def _filter_counts(finfo: dict[str, Any] | None, acc: dict[str, float]) -> None:
-    """Fold one step's ``info["filter"]`` into episode counters (cumulative counters: max)."""
+    """Fold one env step's ``info["filter"]`` (per-step counts of the low-level filter calls,
+    see ``safetwin.safety.wrapper``) into the episode's counters: sums and the minimum barrier."""
     if not finfo:
         return
     for key, out in (("interventions", "filter_interventions"), ("infeasible", "filter_infeasible")):
-        if key in finfo and finfo[key] is not None:
-            acc[out] = max(acc[out], float(finfo[key]))
-    if finfo.get("min_barrier") is not None:
-        acc["min_barrier"] = min(acc["min_barrier"], float(finfo["min_barrier"]))
+        acc[out] += float(finfo.get(key) or 0)
+    barrier = finfo.get("min_barrier")
+    if barrier is not None and math.isfinite(float(barrier)):
+        acc["min_barrier"] = min(acc["min_barrier"], float(barrier))
 
 
 def run_episode(env: gym.Env, policy: VLAPolicy, seed: int) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def make_eval_env(scene: Any, filtered: bool, env_id: str = TWIN_ID,
     if filtered:
         from safetwin.safety.wrapper import SafetyFilterWrapper
 
-        env = SafetyFilterWrapper(env, scene.safety)
+        env = SafetyFilterWrapper(env)  # the spec and robot model of the env (obstacles move at reset)
     return env
 
 

@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from safetwin.safety.runio import ConfigError
+from torch import nn
 
 from .language import EMBED_DIM, LanguageEncoder, shared_encoder
 from .networks import FiLM, ImageEncoder, RunningMeanStd, mlp
@@ -168,6 +167,8 @@ class VLAPolicy(nn.Module, abc.ABC):
     def act(self, obs: ObsBatch, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample (or take the mode of) a chunk: ``(chunk (B, k, 7), logp (B,))``."""
         mean, log_std, ctx = self._dist_params(obs)
+        if not torch.isfinite(mean).all():
+            raise FloatingPointError("policy produced a non-finite action mean (refusing to act)")
         u = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
         squashed = torch.tanh(u)
         chunk = self._to_chunk(squashed, ctx)

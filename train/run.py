@@ -15,7 +15,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-
 from safetwin.safety.runio import ConfigError, config_to_dict, inside, new_run_dir, save_config
 
 from .bc import train_bc
@@ -117,9 +116,12 @@ def run_train(cfg: TrainConfig, scene: Any = None, callback: Any = None) -> Path
     save_config(run_dir, cfg, cfg.seed)
     logger.info("training run %s on scene %s (cost limit %.3f)", run_dir, info["name"], info["cost_limit"])
     if cfg.resume:
+        import json
+
         from .checkpoint import load_tensors
 
-        _, meta = load_tensors(run_dir / "checkpoints" / "policy.safetensors")
+        latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text(encoding="utf-8"))
+        _, meta = load_tensors(run_dir / "checkpoints" / latest["dir"] / "policy.safetensors")
         policy = build_policy(meta)
         ref = _frozen_copy(policy)  # its weights are replaced by the checkpoint's reference policy
     else:

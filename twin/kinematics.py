@@ -107,7 +107,6 @@ class Kinematics:
                              f"the chain to {ee_link!r} (found {on_chain})")
         n = len(self.joint_names)
         self._types = np.array([model.joints[name].type == "prismatic" for name in self.joint_names])
-        # Constant transforms: before joint 0, between joints, and after the last to the EE.
         # Constant transforms up to each controlled joint's origin: B_0 from the root, B_k from
         # the frame after joint k-1's motion; and from the last joint to the EE link.
         before = [self._constant_between(chain, None, self.joint_names[0])] + [

@@ -152,3 +152,27 @@ def test_check_rigid_accepts_a_rotation():
     c, s = np.cos(0.7), np.sin(0.7)
     m = np.array([[c, -s, 0, 1], [s, c, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]])
     assert np.array_equal(check_rigid(m, "x"), m)
+
+
+def test_distorted_frames_are_undistorted_with_the_same_camera_matrix(tmp_path):
+    """A straight edge imaged through barrel distortion comes back straight."""
+    intr = Intrinsics(160, 120, 100.0, 100.0, 79.5, 59.5, (-0.3, 0.08, 0.0, 0.0, 0.0))
+    # render a vertical edge at x = 0.4 (normalised) through the distortion model
+    v, u = np.mgrid[0:120, 0:160].astype(np.float64)
+    und = cv2.undistortPoints(np.stack([u.ravel(), v.ravel()], 1)[:, None, :], intr.matrix,
+                              np.array(intr.distortion)).reshape(120, 160, 2)
+    img = np.where(und[..., 0] > 0.4, 255, 0).astype(np.uint8)
+    (tmp_path / "rgb").mkdir()
+    (tmp_path / "depth").mkdir()
+    cv2.imwrite(str(tmp_path / "rgb/0.png"), np.stack([img] * 3, -1))
+    cv2.imwrite(str(tmp_path / "depth/0.png"), np.full((120, 160), 1000, np.uint16))
+    write_transforms_json(tmp_path / "transforms.json", intr, ["rgb/0.png"], ["depth/0.png"], None)
+    cap = read_transforms_json(tmp_path)
+    assert cap.intrinsics.distortion == intr.distortion
+    color, depth = load_frame(cap, cap.frames[0])
+    edge_cols = [np.argmax(color[r, :, 0] > 127) for r in (10, 60, 110)]
+    expected = intr.cx + 0.4 * intr.fx
+    assert all(abs(c - expected) <= 1.5 for c in edge_cols)
+    raw_cols = [np.argmax(img[r] > 127) for r in (10, 60, 110)]
+    assert max(raw_cols) - min(raw_cols) >= 3  # the input edge really was bent
+    assert np.all(depth[depth > 0] == pytest.approx(1.0))

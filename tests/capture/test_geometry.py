@@ -132,3 +132,15 @@ def test_clusters_ignore_points_off_the_table():
     clusters = cluster_objects(cloud, plane)
     assert len(clusters) == 1 and isinstance(clusters[0], ObjectCluster)
     assert np.all(clusters[0].points[:, 0] < 0.8)
+
+
+def test_excluded_spheres_hide_the_robot_arm():
+    """Points inside the arm's collision spheres are not clustered as an object."""
+    cloud = _table_scene(np.random.default_rng(4), OBJECTS[:2])
+    arm = _box_surface((0.1, -0.3, 0.15), (0.04, 0.04, 0.2), 0.0)  # a forearm reaching down
+    cloud.points.extend(arm)
+    plane = fit_support_plane(cloud, distance=0.005)
+    assert len(cluster_objects(cloud, plane)) == 3
+    spheres = [((0.1, -0.3, z), 0.045) for z in np.arange(0.05, 0.26, 0.03)]
+    clusters = cluster_objects(cloud, plane, exclude=spheres)
+    assert len(clusters) == 2 and all(np.linalg.norm(c.points.mean(axis=0)[:2] - (0.1, -0.3)) > 0.1 for c in clusters)

@@ -150,3 +150,40 @@ def test_roles_rename_and_reassign_captured_objects():
         assign_identities([far], template, {"mug": "target"})
     with pytest.raises(CaptureError, match="neither a role"):
         assign_identities([far], template, {"object_0": "teapot"})
+
+
+def test_capture_of_a_bare_wall_finds_no_plane_and_writes_nothing(tmp_path):
+    """A camera facing a wall: no horizontal support plane, a clear error, no scene folder."""
+    import cv2
+    from safetwin.twin.capture.formats import Intrinsics, write_transforms_json
+
+    cap = tmp_path / "wall"
+    (cap / "rgb").mkdir(parents=True)
+    (cap / "depth").mkdir()
+    intr = Intrinsics(80, 60, 60.0, 60.0, 39.5, 29.5)
+    look_x = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.5], [0, 0, 0, 1.0]])
+    poses = []
+    for i in range(3):
+        cv2.imwrite(str(cap / f"rgb/{i}.png"), np.full((60, 80, 3), 120, np.uint8))
+        cv2.imwrite(str(cap / f"depth/{i}.png"), np.full((60, 80), 1000 - 20 * i, np.uint16))
+        pose = look_x.copy()
+        pose[0, 3] = 0.02 * i
+        poses.append(pose)
+    write_transforms_json(cap / "transforms.json", intr, [f"rgb/{i}.png" for i in range(3)],
+                          [f"depth/{i}.png" for i in range(3)], poses)
+    out = tmp_path / "scenes"
+    with pytest.raises(CaptureError, match="no support plane found"):
+        run_capture(CaptureConfig(input=str(cap), name="wall", out_dir=str(out), voxel_size=0.01, progress=False))
+    assert list(out.iterdir()) == []
+
+
+def test_cli_capture_reports_bad_input_with_exit_code_2(tmp_path, caplog):
+    """``safetwin capture`` builds CaptureConfig from flags and fails cleanly on a missing folder."""
+    from safetwin.cli.main import main
+
+    out = tmp_path / "scenes"
+    code = main(["capture", "--input", str(tmp_path / "nowhere"), "--name", "x", "--out-dir", str(out),
+                 "--progress", "false", "--roles", "object_0=fragile"])
+    assert code == 2
+    assert "nowhere: capture folder does not exist" in caplog.text
+    assert not (out / "x").exists()

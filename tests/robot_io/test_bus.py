@@ -104,9 +104,9 @@ def test_C5_wrong_id_reply_is_discarded(bus, vr) -> None:
 
 
 def test_C5_late_reply_is_not_taken_for_another_servo(vr) -> None:
-    with DynamixelBus(vr.port, timeout_s=0.2, retries=0) as bus:
-        vr.inject("delay", delay_s=0.3)  # id 1's reply lands inside the next transaction
-        vr.inject("delay", delay_s=0.15)
+    with DynamixelBus(vr.port, timeout_s=0.4, retries=0) as bus:
+        vr.inject("delay", delay_s=0.6)  # id 1's reply lands inside the next transaction
+        vr.inject("delay", delay_s=0.3)
         with pytest.raises(CommError):
             position(bus, 1)
         assert position(bus, 4) == ct.rad_to_ticks(1.0)

@@ -83,8 +83,8 @@ def make_cfg(tmp_path, **kw):
 class TappedRobot:
     """A kinematic virtual arm whose servos' received goal packets are timestamped."""
 
-    def __init__(self):
-        self.vr = VirtualRobot.kinematic(SPECS).start()
+    def __init__(self, vr: VirtualRobot | None = None):
+        self.vr = (vr or VirtualRobot.kinematic(SPECS)).start()
         self.goals: list[tuple[float, dict[int, bytes]]] = []
         handle = self.vr.chain.handle
 
@@ -302,18 +302,24 @@ def test_tcp_speed_observer_stops_commanded_overspeed_e9(tmp_path):
     assert fast and stop - fast[0] <= 3 + 1  # overspeed_cycles in a row, then Stop 1
 
 
-@pytest.mark.slow
-def test_default_scene_on_pybullet_virtual_robot(tmp_path):
-    """The production path: scene -> kinematics -> pybullet-backed virtual robot, scripted policy,
-    e-stop pressed mid-run. Skips until the twin's scene loader and kinematics are installed."""
+def test_default_scene_on_pybullet_virtual_robot_e1_e2(tmp_path):
+    """The production path: scene -> twin kinematics -> pybullet-backed virtual robot (the gripper
+    servo held still), scripted policy, e-stop pressed mid-run and released; no goal packet reaches
+    the servos while latched. Skips when the twin's scene loader and kinematics are absent."""
     pytest.importorskip("safetwin.twin.scene")
     pytest.importorskip("safetwin.twin.kinematics")
-    cfg = config_from_dict(DeployConfig, {"run_dir": str(tmp_path / "runs"), "duration_s": 2.0,
-                                          "estop_script": [[1.0, "press"]]}, "deploy")
-    summary, tele, events = load(run_deploy(cfg))
+    robot = TappedRobot(VirtualRobot.from_scene("reach_avoid"))
+    try:
+        cfg = config_from_dict(DeployConfig, {"run_dir": str(tmp_path / "runs"), "duration_s": 2.0,
+                                              "estop_script": [[1.0, "press"], [1.4, "release"]]}, "deploy")
+        summary, tele, events = load(run_deploy(cfg, virtual_robot=robot.vr))
+    finally:
+        robot.vr.stop()
     assert summary["status"] == "completed" and summary["stops"][0]["cause"] == "estop"
-    assert any(r["sent"] is not None for r in tele)
-    assert all(r["sent"] is None for r in tele if r["state"] in ("LATCHED", "DISARMED"))
+    assert any(r["sent"] is not None for r in tele) and robot.goals
+    assert not [t for t, _ in robot.goals if state_at(events, t) in ("LATCHED", "DISARMED")]
+    gripper = [g[max(g)] for _, g in robot.goals]  # the highest id is the gripper servo
+    assert len(set(gripper)) == 1  # never moved
 
 
 @pytest.mark.slow

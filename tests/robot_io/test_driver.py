@@ -323,7 +323,32 @@ def test_twin_style_keys_are_accepted_and_returned(arm) -> None:
     arm.enable_torque()
     obs = arm.get_observation()
     assert obs["waist.pos"] == pytest.approx(0.5, abs=2e-3) and "wrist.vel" in obs
+    assert set(arm.observation_features) <= set(obs) and list(arm.action_features)[0] == "waist.pos"
     sent = arm.send_action({"waist.pos": 0.4, "shoulder.pos": -0.25, "wrist.pos": 1.0})
     assert set(sent) == {"waist.pos", "shoulder.pos", "wrist.pos"}
     with pytest.raises(ValueError, match="do not match"):
         arm.send_action({"waist.pos": 0.4, "shoulder": -0.25, "wrist.pos": 1.0})
+
+
+def test_C7_refused_register_write_names_joint_register_and_value(arm, vr) -> None:
+    arm.enable_torque()  # EEPROM is now locked
+    with pytest.raises(ServoStatusError, match=r"wrist: register return_delay_time := 3") as info:
+        arm.write_register("wrist", "return_delay_time", 3)
+    assert info.value.error_code == ErrorCode.ACCESS_ERROR and info.value.register == "return_delay_time"
+    arm.write_register("shoulder", "profile_velocity", 50)
+    assert vr.servo_register(3, "profile_velocity") == 50 and arm.read_register("shoulder", "profile_velocity") == 50
+
+
+def test_C1_failed_cycle_then_reconnect_starts_disarmed(vr) -> None:
+    """After bus failures the driver never resumes by itself; a new connect() starts torque-off."""
+    arm = make_arm(vr)
+    arm.connect()
+    arm.enable_torque()
+    vr.inject("drop", 12)  # 3 sync-read attempts x 4 servos
+    with pytest.raises(CommError):
+        arm.get_observation()
+    assert arm.is_armed  # a failed cycle is the supervisor's call (C1), not a silent disarm
+    arm.disconnect()
+    arm.connect()
+    assert arm.is_connected and not arm.is_armed and torques(vr) == [0, 0, 0, 0]
+    arm.disconnect()

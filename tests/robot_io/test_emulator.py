@@ -166,3 +166,8 @@ def test_reply_fault_shapes(fault, check) -> None:
 def test_unknown_fault_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown reply fault"):
         ReplyFault("explode")
+
+
+def test_broadcast_write_is_applied_without_replies(chain) -> None:
+    assert send(chain, proto.write(proto.BROADCAST_ID, T["led"].address, b"\x01")) == []
+    assert read(chain, 1, "led") == 1 and read(chain, 2, "led") == 1

@@ -191,3 +191,22 @@ def test_sync_write_split_round_trip() -> None:
     assert proto.split_sync_write(p.params) == (64, 2, data)
     with pytest.raises(proto.ProtocolError):
         proto.split_sync_write(p.params[:-1])
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=48) | st.sampled_from(FRAMES), max_size=12))
+def test_C4_fuzz_parser_never_raises_and_only_yields_real_frames(chunks: list[bytes]) -> None:
+    """Arbitrary byte streams (noise mixed with valid frames): no exception, and every packet the
+    parser yields re-encodes to bytes that really occur in the stream (no invented packets)."""
+    stream = b"".join(chunks)
+    parser = PacketParser()
+    for chunk in chunks:
+        for p in parser.feed(chunk):
+            body = bytes([p.error]) + p.params if p.is_status else p.params
+            assert proto.encode_packet(p.servo_id, p.instruction, body) in stream
+
+
+def test_status_without_error_byte_is_rejected() -> None:
+    bare = proto.encode_packet(1, Instruction.STATUS, b"")
+    parser = PacketParser()
+    assert parser.feed(bare) == [] and parser.stats.bad_length == 1

@@ -49,8 +49,11 @@ def closed_form(q: float, dq: float, u: float, lo=-1.0, hi=1.0, v=2.0, a=10.0, g
     def brake_bound(h: float) -> float:
         return -adt + math.sqrt(adt**2 + 2 * a * (h - h_star / 2)) if h > h_star else math.inf
 
-    up = min(v, dq + adt, lam * (hi - q), brake_bound(hi - q), cart_hi)
-    low = max(-v, dq - adt, -lam * (q - lo), -brake_bound(q - lo))
+    # outside the range (B6): return, the return speed ramping up by a dt per step
+    pos_hi = lam * (hi - q) if q <= hi else max(lam * (hi - q), min(dq, 0.0) - adt)
+    pos_lo = -lam * (q - lo) if q >= lo else min(-lam * (q - lo), max(dq, 0.0) + adt)
+    up = min(v, dq + adt, pos_hi, brake_bound(hi - q), cart_hi)
+    low = max(-v, dq - adt, pos_lo, -brake_bound(q - lo))
     if gap:
         return low - up
     return None if low > up else min(max(u, low), up)
@@ -225,8 +228,38 @@ def test_b6_start_outside_safe_set_recovers_or_brakes() -> None:
             assert inward * out[0] > 0 and abs(out[0]) <= 2.0 and abs(out[0] - dq) <= 0.1 + 1e-12
         else:
             assert rep.braked and out[0] == pytest.approx(dq - np.clip(dq, -0.1, 0.1))
-    out, rep = filt.certify(FilterState(np.array([1.0005]), np.zeros(1)), Nominal.joint([2.0]))
-    assert rep.feasible and out[0] < 0  # a small violation is recovered from, not just stopped
+    q, dq = np.array([1.05]), np.zeros(1)  # pushed 5 cm past the limit, at rest
+    for _ in range(100):
+        out, rep = filt.certify(FilterState(q, dq), Nominal.joint([2.0]))
+        assert rep.feasible and out[0] < 0.0 and abs(out[0] - dq[0]) <= 0.1 + 1e-12  # back, ramped
+        q, dq = q + out * DT, out
+        if q[0] <= 1.0:
+            break
+    assert q[0] <= 1.0  # recovered into the range, not stuck braking
+
+
+def test_b6_sphere_inside_keepout_moves_out() -> None:
+    """B6 (Cartesian): an arm sphere pushed into the keep-out column while at rest is driven
+    back out: every step's penetration is no deeper than the last and it leaves the box."""
+    arm = M.PlanarArm()
+    spec = M.arm_spec(arm, distance_margin=0.0)
+    filt = SafetyFilter.from_spec(spec, arm, DT)
+    column = spec.keepout[0]
+    q, dq = np.array([0.75, -0.3, 0.0]), np.zeros(3)
+    def depth(q):  # how far the deepest point is inside the column's nearest face (m)
+        centers, radii, _ = arm.spheres(q)
+        pts = np.vstack([arm.ee_pose(q)[0], centers])
+        r = np.concatenate([[0.0], radii])
+        faces = np.concatenate([pts - column.hi, column.lo - pts], axis=1).max(axis=1) - r
+        return -faces.min()
+    assert depth(q) > 0.005
+    for _ in range(200):
+        before = depth(q)
+        out, rep = filt.certify(FilterState(q, dq), Nominal.joint([0.0, 0.0, 0.0]))
+        assert rep.feasible and np.all(np.abs(out - dq) <= 8.0 * DT + 1e-12)
+        q, dq = q + out * DT, out
+        assert depth(q) <= before + 1e-9
+    assert depth(q) < 0.0
 
 
 class ZeroGradientModel(M.Slider):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from safetwin.train.lagrange import LagrangeAdam, PIDLagrange, make_lagrange
 
 

@@ -8,11 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm
-
-from safetwin.train.policy import (CompactVLA, PolicyConfig, chunk_targets, squashed_entropy,
-                                   squashed_log_prob)
+from safetwin.train.policy import CompactVLA, PolicyConfig, chunk_targets, squashed_entropy, squashed_log_prob
 from safetwin.train.residual import ResidualPolicy
+from scipy.stats import norm
 
 CFG = PolicyConfig(proprio_dim=4, privileged_dim=9, chunk_len=3)
 
@@ -76,7 +74,7 @@ def test_compact_logp_matches_numerical_density_of_its_distribution() -> None:
     chunk, _ = policy.act(obs)
     logp, _ = policy.evaluate(obs, chunk)
     mean, log_std, _ = policy._dist_params(obs)
-    expected = numeric_log_density(chunk.reshape(-1).double().numpy(), mean.detach().double().numpy()[0],
+    expected = numeric_log_density(chunk.detach().reshape(-1).double().numpy(), mean.detach().double().numpy()[0],
                                    log_std.detach().exp().double().numpy())
     assert logp.item() == pytest.approx(expected, abs=5e-3)
 
@@ -92,7 +90,7 @@ def test_residual_policy_bounded_and_logp_includes_scale() -> None:
     logp2, _ = res.evaluate(obs, chunk)
     torch.testing.assert_close(logp2, logp, atol=1e-3, rtol=1e-4)
     mean, log_std, ctx = res._dist_params(obs)
-    squashed = ((chunk.reshape(5, -1) - ctx["base"]) / 0.2)[0].double().numpy()
+    squashed = ((chunk.detach().reshape(5, -1) - ctx["base"]) / 0.2)[0].double().numpy()
     expected = numeric_log_density(squashed, mean.detach().double().numpy()[0],
                                    log_std.detach().exp().double().numpy()) - 21 * math.log(0.2)
     assert logp[0].item() == pytest.approx(expected, abs=5e-3)

@@ -47,10 +47,10 @@ def _random_q(robot: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _set(cid: int, body: int, joints: dict[str, int], names: tuple[str, ...], q: np.ndarray, robot: str) -> None:
-    for n, v in zip(names, q, strict=True):
-        p.resetJointState(body, joints[n], float(v), physicsClientId=cid)
     for n in load_robot_data(robot).gripper.joints:
         p.resetJointState(body, joints[n], GRIPPER_OPEN[robot], physicsClientId=cid)
+    for n, v in zip(names, q, strict=True):
+        p.resetJointState(body, joints[n], float(v), physicsClientId=cid)
 
 
 # ------------------------------------------------------------------ the bundled vx300s model
@@ -77,6 +77,29 @@ def test_vx300s_links_and_hardware_data() -> None:
     assert urdf.joints["shoulder"].effort == pytest.approx(2 * 10.6)
     assert urdf.joints["wrist_rotate"].effort == pytest.approx(4.1)
     assert urdf.joints["right_finger"].mimic == ("left_finger", 1.0, 0.0)
+
+
+def test_robot_data_errors_name_file_and_key(tmp_path) -> None:
+    import shutil
+
+    import yaml
+    from safetwin.safety.spec import SpecError
+    from safetwin.twin.assets.robots import parse_robot_data
+
+    src = load_robot_data("vx300s")
+    shutil.copy(src.urdf, tmp_path / "vx300s.urdf")
+    raw = yaml.safe_load((src.urdf.parent / "vx300s.yaml").read_text())
+    cases = [(("joints", 2, "servo"), "XM999", "joints[2].servo: unknown servo 'XM999'"),
+             (("joints", 1, "dual"), "yes", "joints[1].dual: must be true or false"),
+             (("joints", 4, "bus_idd"), 7, "joints[4]: unknown key(s) ['bus_idd']"),
+             (("joints", 0, "home"), 4.0, "joints[0].home: 4 outside")]
+    for (key, idx, field), value, message in cases:
+        data = yaml.safe_load(yaml.safe_dump(raw))
+        data[key][idx][field] = value
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+        with pytest.raises(SpecError) as info:
+            parse_robot_data(tmp_path / "r.yaml")
+        assert f"{tmp_path / 'r.yaml'}: {message}" in str(info.value)
 
 
 def test_vx300s_reach_is_about_750mm() -> None:
@@ -121,27 +144,38 @@ def test_vx300s_home_pose_is_above_the_table(client: int) -> None:
 
 
 # ------------------------------------------------------------------ kinematics vs pybullet
-@pytest.mark.parametrize("robot", ["vx300s", "panda"])
+@pytest.mark.parametrize("robot", ["vx300s", "panda", "vx300s+finger"])
 def test_fk_and_jacobian_match_pybullet(client: int, robot: str) -> None:
-    kin = _kin(robot)
+    """vx300s+finger: a prismatic joint (left_finger) controlled, EE on the finger link."""
+    if robot == "vx300s+finger":
+        robot = "vx300s"
+        data = load_robot_data(robot)
+        kin = Kinematics(data.model(), (*data.joint_names, "left_finger"), "left_finger_link",
+                         data.link_primitives, {"right_finger": 0.03})
+    else:
+        kin = _kin(robot)
     assert isinstance(kin, RobotModel)
     body, joints, links = _load(client, robot)
-    ee = links[load_robot_data(robot).ee_link]
+    ee = links[kin.ee_link]
     movable = [i for i in range(p.getNumJoints(body, physicsClientId=client))
                if p.getJointInfo(body, i, physicsClientId=client)[2] != p.JOINT_FIXED]
     cols = [movable.index(joints[n]) for n in kin.joint_names]
     rng = np.random.default_rng(7)
     for _ in range(25):
         q = _random_q(robot, rng)
+        if len(kin.joint_names) > len(q):
+            q = np.append(q, rng.uniform(0.015, 0.037))
         _set(client, body, joints, kin.joint_names, q, robot)
+        if "right_finger" in joints:
+            p.resetJointState(body, joints["right_finger"], 0.03, physicsClientId=client)
         state = p.getLinkState(body, ee, computeForwardKinematics=True, physicsClientId=client)
         pos, rot = kin.ee_pose(q)
         np.testing.assert_allclose(pos, state[4], atol=1e-6)
         np.testing.assert_allclose(rot, np.array(p.getMatrixFromQuaternion(state[5])).reshape(3, 3), atol=1e-6)
-        frame_in_com = p.invertTransform(state[2], state[3])[0]   # link frame origin, COM frame
         all_q = [p.getJointState(body, i, physicsClientId=client)[0] for i in movable]
         zeros = [0.0] * len(all_q)
-        lin, ang = p.calculateJacobian(body, ee, frame_in_com, all_q, zeros, zeros, physicsClientId=client)
+        # localPosition (0, 0, 0) is the URDF link-frame origin (checked: the finger link's COM is offset)
+        lin, ang = p.calculateJacobian(body, ee, [0.0, 0.0, 0.0], all_q, zeros, zeros, physicsClientId=client)
         expected = np.vstack([np.array(lin)[:, cols], np.array(ang)[:, cols]])
         np.testing.assert_allclose(kin.ee_jacobian(q), expected, atol=1e-6)
 
@@ -200,6 +234,26 @@ def test_primitive_spheres_cover_a_capsule() -> None:
     c = np.array([s[0] for s in spheres])
     r = np.array([s[1] for s in spheres])
     assert np.all((np.linalg.norm(pts[:, None] - c[None], axis=2) - r[None]).min(axis=1) <= 1e-9)
+
+
+def test_panda_proxies_enclose_the_collision_meshes() -> None:
+    """Every collision-mesh vertex of every Panda link lies inside that link's capsule proxies."""
+    from safetwin.twin.assets.fit_proxies import read_obj_vertices
+    from safetwin.twin.assets.urdf import rpy_matrix
+
+    data = load_robot_data("panda")
+    model = data.model()
+    for link, geoms in model.collisions.items():
+        for geom in geoms:
+            rel = geom.mesh.replace("package://", "")  # type: ignore[union-attr]
+            pts = read_obj_vertices(model.path.parent / rel) @ rpy_matrix(geom.rpy).T + geom.xyz
+            dist = np.full(len(pts), np.inf)
+            for cap in data.link_primitives(link):
+                local = (pts - cap.xyz) @ rpy_matrix(cap.rpy)     # into the capsule frame
+                half = cap.size[1] / 2
+                nearest = np.stack([np.zeros(len(pts)), np.zeros(len(pts)), np.clip(local[:, 2], -half, half)], 1)
+                dist = np.minimum(dist, np.linalg.norm(local - nearest, axis=1) - cap.size[0])
+            assert dist.max() < 2e-3, link
 
 
 def test_ee_jacobian_matches_finite_differences_of_the_pose() -> None:

@@ -171,6 +171,22 @@ def test_bundled_robot_defaults(tmp_path: Path) -> None:
     assert robot.gripper == hw.gripper
 
 
+def test_mesh_objects_stay_inside_the_scene_folder(tmp_path: Path) -> None:
+    (tmp_path / "meshes").mkdir()
+    corners = [(x, y, z) for x in (-0.02, 0.02) for y in (-0.03, 0.03) for z in (-0.05, 0.05)]
+    (tmp_path / "meshes" / "vase.obj").write_text("".join(f"v {x} {y} {z}\n" for x, y, z in corners))
+    data = _raw()
+    data["objects"][3]["shape"] = {"type": "mesh", "file": "meshes/vase.obj", "scale": [1.0, 1.0, 2.0]}
+    scene = load_scene(_write(tmp_path, data))
+    glass = scene.object("glass")
+    assert glass.shape.collision == tmp_path / "meshes" / "vase.obj"
+    np.testing.assert_allclose(scene.safety.obstacles[0].half_extents, [0.02, 0.03, 0.10], atol=1e-12)
+    data["objects"][3]["shape"]["file"] = "../vase.obj"
+    assert "objects[3].shape.file: must stay inside the scene folder" in _error(tmp_path, data)
+    data["objects"][3]["shape"]["file"] = "meshes/missing.obj"
+    assert "objects[3].shape.file: no such file" in _error(tmp_path, data)
+
+
 def test_unknown_joint_and_home_outside_limits(tmp_path: Path) -> None:
     data = _raw()
     data["robot"]["joints"][2]["name"] = "knee"

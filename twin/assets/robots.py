@@ -127,6 +127,13 @@ def parse_primitive(data: Any, where: str, path: str) -> Geometry:
     return geom
 
 
+def _bool(f: Fields, name: str, default: bool) -> bool:
+    value = f.raw(name, default)
+    if not isinstance(value, bool):
+        raise f.error(name, f"must be true or false, got {value!r}")
+    return value
+
+
 def _optional_int(f: Fields, name: str) -> int | None:
     return None if f.raw(name, None) is None else f.integer(name, ge=0)
 
@@ -136,7 +143,7 @@ def _joint(data: Any, where: str, path: str) -> JointHardware:
     servo = None if f.raw("servo", None) is None else f.string("servo")
     joint = JointHardware(
         name=f.string("name"), home=f.number("home"), servo=servo, bus_id=_optional_int(f, "bus_id"),
-        dual=bool(f.raw("dual", False)), shadow_bus_id=_optional_int(f, "shadow_bus_id"),
+        dual=_bool(f, "dual", False), shadow_bus_id=_optional_int(f, "shadow_bus_id"),
         shadow_direction=int(f.number("shadow_direction", -1)), gear_ratio=f.number("gear_ratio", 1.0, gt=0),
         direction=int(f.number("direction", 1)), zero_ticks=f.integer("zero_ticks", 2048, ge=0))
     if joint.direction not in (-1, 1) or joint.shadow_direction not in (-1, 1):
@@ -177,12 +184,14 @@ def parse_robot_data(path: Path) -> RobotData:
     proxies = {str(link): tuple(parse_primitive(v, where, p) for p, v in proxies_f.items(str(link)))
                for link in list(proxies_f.data)}
     proxies_f.done()
-    refs = f.raw("references", {})
+    refs_f = f.sub("references", {})
+    refs = {str(k): refs_f.string(str(k)) for k in list(refs_f.data)}
+    refs_f.done()
     data = RobotData(
         name=f.string("name"), urdf=resolve_urdf(f.string("urdf"), path.parent),
-        simulation_only=bool(f.raw("simulation_only", False)), base_link=f.string("base_link"),
+        simulation_only=_bool(f, "simulation_only", False), base_link=f.string("base_link"),
         ee_link=f.string("ee_link"), reach_m=f.number("reach_m", gt=0), payload_kg=f.number("payload_kg", ge=0),
-        references={str(k): str(v) for k, v in (refs or {}).items()}, servos=servos,
+        references=refs, servos=servos,
         joints=tuple(_joint(v, where, p) for p, v in f.items("joints")), gripper=_gripper(f.sub("gripper")),
         proxies=proxies)
     f.done()

@@ -171,7 +171,18 @@ def load_frame(capture: Capture, frame: CaptureFrame) -> tuple[np.ndarray, np.nd
     if depth.shape != size:
         raise CaptureError(f"frame {frame.index}: image is {depth.shape[1]}x{depth.shape[0]} but the "
                            f"intrinsics say {size[1]}x{size[0]}")
+    if capture.intrinsics.distortion:
+        color, depth = undistort(color, depth, capture.intrinsics)
     return color, depth
+
+
+def undistort(color: np.ndarray, depth: np.ndarray, intr: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """Remove lens distortion, keeping the camera matrix K: colour bilinear, depth nearest
+    (interpolating depth across edges would invent surfaces)."""
+    k, dist = intr.matrix, np.asarray(intr.distortion, float)
+    map1, map2 = cv2.initUndistortRectifyMap(k, dist, None, k, (intr.width, intr.height), cv2.CV_32FC1)
+    return (cv2.remap(color, map1, map2, cv2.INTER_LINEAR),
+            cv2.remap(depth, map1, map2, cv2.INTER_NEAREST))
 
 
 # ------------------------------------------------------------------ (a) transforms.json
@@ -344,6 +355,7 @@ def write_transforms_json(path: Path, intrinsics: Intrinsics, color_paths: Seque
     doc: dict = {"fl_x": intrinsics.fx, "fl_y": intrinsics.fy, "cx": intrinsics.cx,
                  "cy": intrinsics.cy, "w": intrinsics.width, "h": intrinsics.height,
                  "depth_unit_scale_factor": depth_unit_scale_factor, "frames": []}
+    doc.update(dict(zip(("k1", "k2", "p1", "p2", "k3"), intrinsics.distortion, strict=False)))
     for i, (c, d) in enumerate(zip(color_paths, depth_paths, strict=True)):
         fd: dict = {"file_path": c, "depth_file_path": d}
         if poses_cv is not None:

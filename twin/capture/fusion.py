@@ -43,7 +43,7 @@ def fuse_tsdf(capture: Capture, poses: Sequence[np.ndarray], voxel_size: float =
     voxel_size: TSDF voxel edge (m).
     depth_max: readings beyond this distance (m) are ignored.
     trunc_voxels: SDF truncation in voxels. Open3D's default (8) rounds off convex edges seen
-        from opposite sides (a 5 cm cube grows by ~1.5 cm at 4 mm voxels); 3 keeps them sharp.
+        from opposite sides (a 5 cm cube grows by ~1.5 cm at 4 mm voxels); 2-3 keeps them sharp.
     block_count: initial hash-map capacity in 16^3-voxel blocks (grows when needed).
     Raises CaptureError when the result is empty (no valid depth reached the volume).
     """
@@ -57,7 +57,8 @@ def fuse_tsdf(capture: Capture, poses: Sequence[np.ndarray], voxel_size: float =
         block_count=block_count, device=device)
     intrinsic = o3d.core.Tensor(capture.intrinsics.matrix, o3d.core.float64)
     elapsed, used = 0.0, 0
-    frames = tqdm(list(zip(capture.frames, poses, strict=True)), desc="TSDF fusion", unit="frame", disable=not progress)
+    frames = tqdm(list(zip(capture.frames, poses, strict=True)), desc="TSDF fusion", unit="frame",
+                  disable=not progress)
     for frame, pose in frames:
         color, depth = load_frame(capture, frame)
         if not np.any((depth > 0) & (depth < depth_max)):
@@ -65,21 +66,16 @@ def fuse_tsdf(capture: Capture, poses: Sequence[np.ndarray], voxel_size: float =
                            frame.depth_path, depth_max)
             continue
         t0 = time.perf_counter()
-        extrinsic = o3d.core.Tensor(np.linalg.inv(pose), o3d.core.float64)
-        depth_img = o3d.t.geometry.Image(o3d.core.Tensor(np.ascontiguousarray(depth)))
-        color_img = o3d.t.geometry.Image(o3d.core.Tensor(
-            np.ascontiguousarray(color.astype(np.float32) / 255.0)))
-        coords = vbg.compute_unique_block_coordinates(depth_img, intrinsic, extrinsic, 1.0, float(depth_max),
-                                                      float(trunc_voxels))
-        vbg.integrate(coords, depth_img, color_img, intrinsic, extrinsic, 1.0, float(depth_max), float(trunc_voxels))
+        _integrate(vbg, color, depth, intrinsic, pose, float(depth_max), float(trunc_voxels))
         used += 1
         elapsed += time.perf_counter() - t0
     if used == 0:
         raise CaptureError(f"{capture.source}: empty reconstruction: no frame has a depth reading "
                            f"within {depth_max} m ({len(capture.frames)} frames)")
     t0 = time.perf_counter()
-    mesh = vbg.extract_triangle_mesh().to_legacy()
-    cloud = vbg.extract_point_cloud().to_legacy()
+    threshold = min(3.0, used - 0.5)  # voxels need weight > threshold: Open3D's 3.0, fewer for short captures
+    mesh = vbg.extract_triangle_mesh(weight_threshold=threshold).to_legacy()
+    cloud = vbg.extract_point_cloud(weight_threshold=threshold).to_legacy()
     elapsed += time.perf_counter() - t0
     if len(mesh.triangles) == 0 or len(cloud.points) == 0:
         raise CaptureError(f"{capture.source}: empty reconstruction: no valid depth within "
@@ -87,3 +83,13 @@ def fuse_tsdf(capture: Capture, poses: Sequence[np.ndarray], voxel_size: float =
     logger.info("TSDF: %d/%d frames, %d triangles, %d points, %.1f ms/frame", used, len(capture.frames),
                 len(mesh.triangles), len(cloud.points), 1000 * elapsed / used)
     return FusionResult(mesh=mesh, cloud=cloud, frames=used, seconds=elapsed)
+
+
+def _integrate(vbg, color: np.ndarray, depth: np.ndarray, intrinsic, pose: np.ndarray, depth_max: float,
+               trunc_voxels: float) -> None:
+    """Integrate one frame (colour uint8 RGB, depth m) seen from ``pose`` (camera-to-world)."""
+    extrinsic = o3d.core.Tensor(np.linalg.inv(pose), o3d.core.float64)
+    depth_img = o3d.t.geometry.Image(o3d.core.Tensor(np.ascontiguousarray(depth)))
+    color_img = o3d.t.geometry.Image(o3d.core.Tensor(np.ascontiguousarray(color.astype(np.float32) / 255.0)))
+    coords = vbg.compute_unique_block_coordinates(depth_img, intrinsic, extrinsic, 1.0, depth_max, trunc_voxels)
+    vbg.integrate(coords, depth_img, color_img, intrinsic, extrinsic, 1.0, depth_max, trunc_voxels)

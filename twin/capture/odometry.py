@@ -129,7 +129,7 @@ def estimate_poses(capture: Capture, cfg: OdometryConfig | None = None,
     graph.nodes.append(o3d.pipelines.registration.PoseGraphNode(np.eye(4)))
     n = len(rgbd)
     for s in tqdm(range(n - 1), desc="RGB-D odometry", unit="pair", disable=not progress):
-        ok, trans, info = _odometry(rgbd[s], rgbd[s + 1], pinhole, np.eye(4), cfg)
+        ok, trans, info = _best_odometry(raw, rgbd, s, s + 1, capture.intrinsics, pinhole, cfg)
         if not ok:
             raise CaptureError(f"{capture.source}: odometry failed between frames {s} and {s + 1} "
                                f"({capture.frames[s].color_path.name}, {capture.frames[s + 1].color_path.name})")
@@ -140,6 +140,14 @@ def estimate_poses(capture: Capture, cfg: OdometryConfig | None = None,
     _optimise(graph, cfg)
     logger.info("pose graph: %d frames, %d loop closures", n, loops)
     return [np.asarray(node.pose).copy() for node in graph.nodes]
+
+
+def _best_odometry(raw, rgbd, s: int, t: int, intr: Intrinsics, pinhole, cfg: OdometryConfig):
+    """RGB-D odometry from frame ``s`` to ``t`` started at a feature-based guess (ORB + RANSAC),
+    or at the identity when features do not give one. Starting at the guess matters for large
+    motions, where the identity start converges to a wrong minimum on planar scenes."""
+    guess = feature_guess(raw[s], raw[t], intr, cfg.min_loop_inliers)
+    return _odometry(rgbd[s], rgbd[t], pinhole, np.eye(4) if guess is None else guess, cfg)
 
 
 def _add_loop_closures(graph, raw, rgbd, intr: Intrinsics, pinhole, cfg: OdometryConfig) -> int:

@@ -60,7 +60,11 @@ class CaptureConfig:
     intrinsics: intrinsics JSON for the Open3D layout (empty: intrinsics.json in the folder).
     use_poses: use camera poses found in the capture; false = estimate them by RGB-D odometry.
     calibration: ChArUco calibration.yaml (empty: <input>/calibration.yaml when present).
-    roles: object roles as name=role (e.g. object_0=fragile); override the template's.
+    roles: object roles as name=role (e.g. object_0=fragile) or name=template_object (takes its
+        name, role and labels); override what matching by position gave.
+    mask_robot: drop reconstructed points inside the arm's collision spheres (registered
+        captures only), so the arm is not taken for an object.
+    robot_q: the arm's joint positions (rad) during the capture; empty = the template's home.
     voxel_size: TSDF voxel edge (m).
     depth_max: ignore depth beyond this (m).
     views: cameras of the synthetic capture.
@@ -82,6 +86,8 @@ class CaptureConfig:
     use_poses: bool = True
     calibration: str = ""
     roles: tuple[str, ...] = ()
+    mask_robot: bool = True
+    robot_q: tuple[float, ...] = ()
     voxel_size: float = 0.004
     depth_max: float = 2.0
     views: int = 16
@@ -107,6 +113,7 @@ class CaptureConfig:
         if not self.friction >= 0 or not 0 <= self.restitution <= 1:
             raise ConfigError("capture.friction must be >= 0 and capture.restitution in [0, 1]")
         self.roles = tuple(self.roles)
+        self.robot_q = tuple(float(v) for v in self.robot_q)
         for entry in self.roles:
             if entry.count("=") != 1 or not all(entry.split("=")):
                 raise ConfigError(f"capture.roles: entries must be name=role, got {entry!r}")
@@ -139,10 +146,11 @@ def run_capture(cfg: CaptureConfig) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.", suffix=".partial", dir=out_dir))
     try:
         capture_dir, truth = _capture_source(cfg, template, staging)
+        exclude = scene_io.robot_spheres(template, cfg.robot_q, grow=0.02) if cfg.mask_robot else []
         if cfg.method == "nerf":
-            rec, frames_total = _reconstruct_nerf(cfg, capture_dir, staging)
+            rec, frames_total = _reconstruct_nerf(cfg, capture_dir, staging, exclude)
         else:
-            rec, frames_total = _reconstruct(cfg, capture_dir)
+            rec, frames_total = _reconstruct(cfg, capture_dir, exclude)
         report = scene_io.write_scene(staging, cfg, template, rec)
         report.update(_report_header(cfg, rec, frames_total))
         if truth is not None:
@@ -185,14 +193,14 @@ def synthetic_rings(world, views: int) -> list[CameraRing]:
                        center=(t.position[0], t.position[1], world.table_top))]
 
 
-def _reconstruct(cfg: CaptureConfig, folder: Path) -> tuple[Reconstruction, int]:
+def _reconstruct(cfg: CaptureConfig, folder: Path, exclude: list) -> tuple[Reconstruction, int]:
     intr = read_intrinsics_json(cfg.intrinsics) if cfg.intrinsics else None
     capture = read_capture(folder, intr, use_poses=cfg.use_poses)
     calibration = _calibration(cfg, folder)
     if calibration is None:
         logger.warning("%s: no calibration.yaml: the scene stays in the capture's world frame", folder)
     rec = reconstruct(capture, cfg.reconstruction(), calibration, cfg.priors(),
-                      OdometryConfig(depth_max=cfg.depth_max), progress=cfg.progress)
+                      OdometryConfig(depth_max=cfg.depth_max), progress=cfg.progress, exclude=exclude)
     return rec, len(capture.frames)
 
 
@@ -203,7 +211,8 @@ def _calibration(cfg: CaptureConfig, folder: Path, required: bool = False):
     return load_calibration(cal_path) if cal_path.is_file() else None
 
 
-def _reconstruct_nerf(cfg: CaptureConfig, photos: Path, staging: Path) -> tuple[Reconstruction, int]:
+def _reconstruct_nerf(cfg: CaptureConfig, photos: Path, staging: Path,
+                      exclude: list) -> tuple[Reconstruction, int]:
     """Photos -> nerfstudio -> exported cloud, scaled into the base frame by the board -> step 2."""
     calibration = _calibration(cfg, photos, required=True)
     work = staging / "nerf"
@@ -213,7 +222,7 @@ def _reconstruct_nerf(cfg: CaptureConfig, photos: Path, staging: Path) -> tuple[
     cloud = apply_similarity(load_exported_ply(ply, voxel_size=0.0), scale, rigid).voxel_down_sample(cfg.voxel_size)
     fusion = FusionResult(mesh=o3d.geometry.TriangleMesh(), cloud=cloud, frames=views,
                           seconds=time.perf_counter() - t0)
-    plane, objects = segment(fusion, cfg.reconstruction(), cfg.priors(), np.array([0.0, 0.0, 1.0]))
+    plane, objects = segment(fusion, cfg.reconstruction(), cfg.priors(), np.array([0.0, 0.0, 1.0]), exclude)
     total = sum(1 for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     return Reconstruction(fusion=fusion, plane=plane, objects=objects, T_base_world=rigid, registered=True,
                           pose_source=f"nerfstudio {cfg.nerf_method} (scale {scale:.4f})", board_views=views,

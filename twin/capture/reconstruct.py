@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,8 +52,9 @@ class ReconstructionConfig:
 
 @dataclass
 class Reconstruction:
-    """Result: fused geometry (base frame when ``registered``, else the capture's world frame),
-    the support plane, the objects, ``T_base_world`` (identity when not registered), how the
+    """Result: fused geometry (base frame when ``registered``, else the capture's world frame
+    rotated so the cameras' up is +z), the support plane, the objects, ``T_base_world`` (the
+    transform applied to the capture's poses: registration, or that rotation), how the
     camera poses were obtained (``given`` or ``odometry``) and step timings (s)."""
 
     fusion: FusionResult
@@ -71,6 +73,22 @@ def camera_up(poses: list[np.ndarray]) -> np.ndarray:
     return up / np.linalg.norm(up)
 
 
+def gravity_align(up: np.ndarray) -> np.ndarray:
+    """Rotation (4x4) taking the direction ``up`` to +z by the shortest arc."""
+    up = np.asarray(up, float) / np.linalg.norm(up)
+    z = np.array([0.0, 0.0, 1.0])
+    axis = np.cross(up, z)
+    s, c = np.linalg.norm(axis), float(up @ z)
+    t = np.eye(4)
+    if s < 1e-9:
+        t[:3, :3] = np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+        return t
+    k = axis / s
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    t[:3, :3] = np.eye(3) + s * kx + (1 - c) * kx @ kx
+    return t
+
+
 def resolve_poses(capture: Capture, odometry: OdometryConfig | None, progress: bool
                   ) -> tuple[list[np.ndarray], str]:
     if capture.has_poses:
@@ -80,8 +98,11 @@ def resolve_poses(capture: Capture, odometry: OdometryConfig | None, progress: b
 
 def reconstruct(capture: Capture, cfg: ReconstructionConfig | None = None,
                 calibration: Calibration | None = None, priors: PhysicalPriors | None = None,
-                odometry: OdometryConfig | None = None, progress: bool = True) -> Reconstruction:
-    """Run poses -> (registration) -> TSDF -> plane -> objects on ``capture``."""
+                odometry: OdometryConfig | None = None, progress: bool = True,
+                exclude: Sequence[tuple[Sequence[float], float]] = ()) -> Reconstruction:
+    """Run poses -> (registration) -> TSDF -> plane -> objects on ``capture``. ``exclude``:
+    spheres (centre m, radius m; base frame) whose points are no object, used only once the
+    capture is registered to the base (the robot arm)."""
     cfg = cfg or ReconstructionConfig()
     priors = priors or PhysicalPriors()
     timings: dict[str, float] = {}
@@ -95,20 +116,26 @@ def reconstruct(capture: Capture, cfg: ReconstructionConfig | None = None,
         t_base_world, views = register_to_base(images, poses, capture.intrinsics, calibration)
         poses = [t_base_world @ p for p in poses]
         timings["registration_s"] = time.perf_counter() - t0
+    else:
+        t_base_world = gravity_align(camera_up(poses))
+        poses = [t_base_world @ p for p in poses]
+        logger.warning("capture not registered to the robot base: using a gravity-aligned capture frame "
+                       "(z up, guessed from the cameras)")
     fusion = fuse_tsdf(capture, poses, cfg.voxel_size, cfg.depth_max, cfg.trunc_voxels, progress=progress)
     timings["fusion_s"] = fusion.seconds
-    plane, objects = segment(fusion, cfg, priors, np.array([0.0, 0.0, 1.0]) if calibration else camera_up(poses))
+    plane, objects = segment(fusion, cfg, priors, np.array([0.0, 0.0, 1.0]), exclude if calibration else ())
     return Reconstruction(fusion=fusion, plane=plane, objects=objects, T_base_world=t_base_world,
                           registered=calibration is not None, pose_source=source, board_views=views,
                           timings=timings)
 
 
 def segment(fusion: FusionResult, cfg: ReconstructionConfig, priors: PhysicalPriors,
-            up: np.ndarray) -> tuple[PlaneFit, list[ObjectModel]]:
-    """Support plane and the objects on it of a fused cloud."""
+            up: np.ndarray, exclude: Sequence[tuple[Sequence[float], float]] = ()
+            ) -> tuple[PlaneFit, list[ObjectModel]]:
+    """Support plane and the objects on it of a fused cloud (``exclude``: see reconstruct)."""
     plane = fit_support_plane(fusion.cloud, up=up, distance=cfg.plane_distance)
     clusters = cluster_objects(fusion.cloud, plane, min_height=cfg.min_height, eps=cfg.cluster_eps,
-                               min_points=cfg.min_points)
+                               min_points=cfg.min_points, exclude=exclude)
     objects = [build_object(c, plane, f"object_{i}", priors) for i, c in enumerate(clusters)]
     return plane, objects
 

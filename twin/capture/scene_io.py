@@ -81,11 +81,27 @@ def _primitive(obj, template: Template) -> Primitive:
     return Primitive(obj.name, kind, tuple(obj.shape.size), tuple(xyz), yaw, rgba, **extra)
 
 
-def synthetic_world(template: Template) -> SyntheticWorld:
-    """The template's table and physical objects in the robot base frame, and a board spot."""
+def robot_spheres(template: Template, q: Any = None, grow: float = 0.0) -> list[tuple[tuple[float, ...], float]]:
+    """The arm's collision spheres (centre m, radius m; base frame) at joint positions ``q``
+    (rad; default: home), radii grown by ``grow`` (m)."""
+    from ..kinematics import Kinematics
+
+    kin = Kinematics.for_scene(template.scene)
+    q = template.scene.robot.home if q is None or len(q) == 0 else np.asarray(q, float)
+    if q.shape != template.scene.robot.home.shape:
+        raise CaptureError(f"robot_q must hold {len(template.scene.robot.home)} joint positions "
+                           f"{template.scene.robot.joint_names}, got {len(q)}")
+    centers, radii, _ = kin.spheres(q)
+    return [(tuple(float(v) for v in c), float(r) + grow) for c, r in zip(centers, radii, strict=True)]
+
+
+def synthetic_world(template: Template, with_robot: bool = True) -> SyntheticWorld:
+    """The template's table and physical objects in the robot base frame, a board spot, and the
+    arm at home as its collision spheres."""
     table = _primitive(template.scene.table, template)
     objects = [_primitive(o, template) for o in template.scene.objects if o.role in PHYSICAL]
-    world = SyntheticWorld(table=table, objects=objects, floor_z=table.position[2] - 0.7)
+    world = SyntheticWorld(table=table, objects=objects, floor_z=table.position[2] - 0.7,
+                           robot_spheres=robot_spheres(template) if with_robot else [])
     world.board_xy = place_board(world)
     return world
 
@@ -94,7 +110,8 @@ def _color_name(rgba: tuple[float, ...]) -> str:
     return min(_COLOR_NAMES, key=lambda n: float(np.linalg.norm(np.subtract(_COLOR_NAMES[n], rgba[:3]))))
 
 
-def assign_identities(objects: list[ObjectModel], template: Template, roles: dict[str, str]) -> list[dict[str, Any]]:
+def assign_identities(objects: list[ObjectModel], template: Template,
+                      roles: dict[str, str]) -> list[dict[str, Any]]:
     """Names, roles and labels: objects matched by position to the template's physical objects
     inherit theirs; others become ``object_<i>`` with role obstacle. ``roles`` overrides by name:
     ``<name>=<role>`` sets a role, ``<name>=<template object>`` takes that object's identity."""

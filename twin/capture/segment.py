@@ -6,6 +6,7 @@ All geometry is in the reconstruction's world frame (the robot base frame once r
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -122,15 +123,19 @@ class ObjectCluster:
 
 def cluster_objects(cloud: o3d.geometry.PointCloud, plane: PlaneFit, min_height: float = 0.008,
                     max_height: float = 0.5, eps: float = 0.02, min_points: int = 30,
-                    margin: float = 0.0) -> list[ObjectCluster]:
+                    margin: float = 0.0, exclude: Sequence[tuple[Sequence[float], float]] = ()
+                    ) -> list[ObjectCluster]:
     """Objects on the table: points between ``min_height`` and ``max_height`` (m) above the
-    plane and over its rectangle (grown by ``margin``), statistical outlier removal, then DBSCAN
+    plane and over its rectangle (grown by ``margin``), outside the ``exclude`` spheres
+    ((centre, radius) in m, e.g. the robot arm), statistical outlier removal, then DBSCAN
     (``eps`` m); clusters with fewer than ``min_points`` points are dropped. Sorted by x, y."""
     pts = np.asarray(cloud.points)
     d = plane.signed_distance(pts)
     rel = pts - plane.center
     inside = np.all(np.abs(rel @ plane.axes.T) <= plane.size / 2 + margin, axis=1)
     keep = (d > min_height) & (d < max_height) & inside
+    for center, radius in exclude:
+        keep &= np.linalg.norm(pts - np.asarray(center), axis=1) > radius
     if int(keep.sum()) < min_points:
         return []
     pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts[keep]))

@@ -59,7 +59,8 @@ class Primitive:
 class SyntheticWorld:
     """What the synthetic camera sees: the ``table`` (a box), the ``objects`` on it, a floor at
     ``floor_z`` (m, base) and the ChArUco ``board`` lying on the table at ``board_xy`` (m, base,
-    the board's top-left corner) and ``board_yaw`` (rad)."""
+    the board's top-left corner) and ``board_yaw`` (rad). ``robot_spheres``: (centre (3,) m,
+    radius m) pairs standing in for the robot arm (its collision-sphere model), rendered too."""
 
     table: Primitive
     objects: list[Primitive]
@@ -67,6 +68,7 @@ class SyntheticWorld:
     board: BoardSpec = field(default_factory=BoardSpec)
     board_xy: tuple[float, float] = (0.0, 0.0)
     board_yaw: float = 0.0
+    robot_spheres: list[tuple[tuple[float, float, float], float]] = field(default_factory=list)
 
     @property
     def table_top(self) -> float:
@@ -185,7 +187,9 @@ def render_views(world: SyntheticWorld, rings: Sequence[CameraRing], progress: b
     try:
         floor = Primitive("floor", "box", (8.0, 8.0, 0.02), (0.0, 0.0, world.floor_z - 0.01),
                           rgba=(0.55, 0.55, 0.5, 1))
-        for prim in [floor, world.table, *world.objects]:
+        arm = [Primitive(f"arm_{i}", "sphere", (r,), tuple(c), rgba=(0.2, 0.2, 0.22, 1))
+               for i, (c, r) in enumerate(world.robot_spheres)]
+        for prim in [floor, world.table, *world.objects, *arm]:
             _add_body(p, cid, prim)
         with tempfile.TemporaryDirectory() as tmp:
             _add_board(p, cid, world, Path(tmp))

@@ -1,0 +1,123 @@
+"""Benchmark of the training stack (``make bench-train``) -> benchmarks/results/train.json.
+
+For each scene (reach_avoid, tabletop_push), under domain randomization:
+
+* BC on scripted-expert demos, evaluated raw: ``bc_success``, ``bc_mean_cost``;
+* PPO-Lagrangian fine-tuning from the BC policy for ``--steps`` env steps: ``rl_success``,
+  ``rl_mean_cost`` (vs ``cost_limit``, the scene's budget);
+* unconstrained PPO (``lagrange="none"``) from the same BC checkpoint, same budget:
+  ``ppo_success``, ``ppo_mean_cost``;
+* ``samples_per_s`` (our trainer, mean over iterations) and ``sb3_samples_per_s``
+  (Stable-Baselines3 PPO, MultiInputPolicy with its NatureCNN image encoder, on the same env
+  with the same number of envs, measured in this run over ``--sb3-steps`` steps).
+
+Targets (reported, not asserted): ``rl_mean_cost <= cost_limit`` and ``rl_success >=
+min(bc_success + 0.10, 0.95)``; ``samples_per_s >= sb3_samples_per_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from safetwin.safety.runio import atomic_write_json, read_jsonl
+from safetwin.train.config import TrainConfig
+from safetwin.train.evaluate import evaluate
+from safetwin.train.run import run_train
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "train.json"
+logger = logging.getLogger("bench_train")
+
+
+class _ImageProprio(gym.ObservationWrapper):
+    """SB3 cannot batch Text spaces: keep the image and proprio (the same inputs our actor sees
+    except for the instruction)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.observation_space = gym.spaces.Dict({k: env.observation_space[k] for k in ("image", "proprio")})
+
+    def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        return {"image": obs["image"], "proprio": obs["proprio"]}
+
+
+def sb3_samples_per_s(scene: str, num_envs: int, steps: int, seed: int) -> float:
+    import safetwin.twin.registration  # noqa: F401
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    venv = DummyVecEnv([lambda: _ImageProprio(gym.make("safetwin/Twin-v0", scene=scene, randomize=True))
+                        for _ in range(num_envs)])
+    model = PPO("MultiInputPolicy", venv, n_steps=64, batch_size=64, n_epochs=4, seed=seed, verbose=0,
+                device="cpu")
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    elapsed = time.perf_counter() - t0
+    venv.close()
+    return float(model.num_timesteps / elapsed)
+
+
+def bench_scene(scene: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    common = dict(scene=scene, run_root=str(root), seed=args.seed, total_steps=args.steps, num_envs=args.num_envs,
+                  demo_episodes=args.demos, bc_epochs=args.bc_epochs, progress=not args.quiet)
+    rl_dir = run_train(TrainConfig(**common, run_id=f"{scene}-ppolag", lagrange="adam"))
+    bc_ckpt = rl_dir / "checkpoints" / "bc.safetensors"
+    ppo_dir = run_train(TrainConfig(**common, run_id=f"{scene}-ppo", lagrange="none", pretrained=str(bc_ckpt)))
+    ev = dict(scene=scene, episodes=args.episodes, seed=10_000, filtered=False, progress=not args.quiet)
+    bc = evaluate(bc_ckpt, out_dir=rl_dir / "eval_bc", **ev)["modes"]["raw"]
+    rl = evaluate(rl_dir / "checkpoints" / "policy.safetensors", out_dir=rl_dir / "eval", **ev)["modes"]["raw"]
+    ppo = evaluate(ppo_dir / "checkpoints" / "policy.safetensors", out_dir=ppo_dir / "eval", **ev)["modes"]["raw"]
+    sps = [r["charts/samples_per_s"] for r in read_jsonl(rl_dir / "metrics.jsonl")]
+    out = {"bc_success": bc["success_rate"], "bc_mean_cost": bc["mean_cost"],
+           "rl_success": rl["success_rate"], "rl_mean_cost": rl["mean_cost"], "cost_limit": rl["cost_limit"],
+           "ppo_success": ppo["success_rate"], "ppo_mean_cost": ppo["mean_cost"],
+           "samples_per_s": float(np.mean(sps)),
+           "sb3_samples_per_s": sb3_samples_per_s(scene, args.num_envs, args.sb3_steps, args.seed),
+           "steps": args.steps, "eval_episodes": args.episodes, "run_dirs": [str(rl_dir), str(ppo_dir)]}
+    out["targets"] = {"rl_cost_within_limit": out["rl_mean_cost"] <= out["cost_limit"],
+                      "rl_success_gain": out["rl_success"] >= min(out["bc_success"] + 0.10, 0.95),
+                      "faster_than_sb3": out["samples_per_s"] >= out["sb3_samples_per_s"]}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", nargs="+", default=["reach_avoid", "tabletop_push"])
+    parser.add_argument("--steps", type=int, default=20_000, help="PPO budget (env steps) per run")
+    parser.add_argument("--num-envs", type=int, default=4)
+    parser.add_argument("--demos", type=int, default=30, help="expert demo episodes for BC")
+    parser.add_argument("--bc-epochs", type=int, default=30)
+    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per policy")
+    parser.add_argument("--sb3-steps", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    root = ROOT / "runs" / "bench_train" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    t0 = time.perf_counter()
+    results = {"scenes": {}, "config": vars(args)}
+    for scene in args.scenes:
+        results["scenes"][scene] = bench_scene(scene, args, root)
+        atomic_write_json(RESULTS, {**results, "wall_s": time.perf_counter() - t0})
+    results["wall_s"] = time.perf_counter() - t0
+    atomic_write_json(RESULTS, results)
+    cols = ("bc_success", "bc_mean_cost", "rl_success", "rl_mean_cost", "cost_limit", "ppo_success",
+            "ppo_mean_cost", "samples_per_s", "sb3_samples_per_s")
+    print(f"{'scene':<15}" + "".join(f"{c:>18}" for c in cols))
+    for scene, r in results["scenes"].items():
+        print(f"{scene:<15}" + "".join(f"{r[c]:>18.3f}" for c in cols))
+    print(f"wall time {results['wall_s']:.0f} s; written {RESULTS}")
+    print(json.dumps({s: r["targets"] for s, r in results["scenes"].items()}))
+
+
+if __name__ == "__main__":
+    main()
