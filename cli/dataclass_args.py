@@ -80,6 +80,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, prefix: st
                                   "help": docs.get(f.name, "")}
         if nargs:
             kwargs["nargs"] = nargs
+        elif conv is _parse_bool:  # `--flag` alone means true; `--flag false` is accepted too
+            kwargs.update(nargs="?", const=True)
         if typing.get_origin(hint) is typing.Literal:
             kwargs["choices"] = list(typing.get_args(hint))
         default = f.default if f.default is not dataclasses.MISSING else (

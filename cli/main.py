@@ -46,11 +46,11 @@ STAGES: dict[str, Stage] = {
     "rollout": Stage("roll out the scripted expert in the twin (success rate, costs)",
                      "safetwin.cli.stages:RolloutConfig", "safetwin.cli.stages:run_rollout"),
     "train": Stage("behaviour cloning, then PPO-Lagrangian fine-tuning",
-                   "safetwin.train.run:TrainConfig", "safetwin.train.run:run_train"),
+                   "safetwin.train.config:TrainConfig", "safetwin.train.run:run_train"),
     "audit": Stage("safety audit of a training or deploy run (exit 1 on FAIL)",
                    "safetwin.cli.stages:AuditStageConfig", "safetwin.cli.stages:run_audit_stage"),
     "deploy": Stage("deploy an audited checkpoint on the virtual robot or a serial port",
-                    "safetwin.cli.stages:DeployStageConfig", "safetwin.cli.stages:run_deploy_stage"),
+                    "safetwin.robot_io.deploy_config:DeployConfig", "safetwin.cli.stages:run_deploy_stage"),
     "verify-log": Stage("verify the hash chain of an event log",
                         "safetwin.cli.stages:VerifyLogConfig", "safetwin.cli.stages:run_verify_log"),
     "demo": Stage("capture -> train -> audit -> deploy (with an e-stop) -> deploy audit",
@@ -81,6 +81,9 @@ def build_parser(stages: dict[str, Stage] = STAGES) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the gate's override is spelled as the issue and the README spell it
+    argv = ["--accept-unaudited" if a == "--i-accept-unaudited" else a for a in argv]
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from safetwin.safety.audit_config import AuditConfig
 from safetwin.safety.runio import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -88,3 +89,111 @@ def resolve_run_dir(run_dir: str, kind: str) -> Path:
     if not candidates:
         raise FileNotFoundError(f"no runs under {root}/: run `make {kind}` first")
     return candidates[-1]
+
+
+@dataclass
+class AuditStageConfig:
+    """Audit a training run (evaluate its checkpoint in the twin first) or a deploy run.
+
+    run_dir: the run directory, or ``latest`` (the newest under runs/train/, or runs/deploy/
+        with kind deploy).
+    kind: ``auto`` (from the run's files), ``train`` or ``deploy``.
+    episodes: evaluation episodes per mode (raw and behind the QP filter) for a training run.
+    seed: seed of the first evaluation episode.
+    evaluate: run the evaluation for a training run (false: reuse an existing eval/).
+    junit_xml: pytest JUnit XML whose results fill the report's safety-scenario table.
+    audit: the audit thresholds (see safetwin.safety.audit_config.AuditConfig).
+    """
+
+    run_dir: str = "latest"
+    kind: str = "auto"
+    episodes: int = 100
+    seed: int = 1000
+    evaluate: bool = True
+    junit_xml: str = ""
+    audit: AuditConfig = field(default_factory=AuditConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "train", "deploy"):
+            raise ConfigError(f"kind must be auto, train or deploy, got {self.kind!r}")
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
+
+
+def _train_scene(run: Path) -> str:
+    from safetwin.safety.runio import load_yaml
+
+    config = load_yaml(run / "config.yaml")
+    if not isinstance(config, dict) or not isinstance(config.get("scene"), str):
+        raise ValueError(f"{run / 'config.yaml'}: no scene recorded; is this a training run?")
+    return config["scene"]
+
+
+def run_audit_stage(cfg: AuditStageConfig) -> int:
+    """Exit status 0 when every requirement passes, 1 otherwise."""
+    from safetwin.safety.audit import build_report
+
+    kind = cfg.kind
+    if kind == "auto":
+        kind = "deploy" if cfg.run_dir != "latest" and (Path(cfg.run_dir) / "telemetry.jsonl").exists() \
+            else "train"
+    run = resolve_run_dir(cfg.run_dir, kind)
+    spec = None
+    if kind == "train":
+        from safetwin.twin.scene import load_scene
+
+        scene = load_scene(_train_scene(run))
+        spec = scene.safety
+        checkpoint = run / "checkpoints" / "policy.safetensors"
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint}: the training run has no checkpoint to audit")
+        if cfg.evaluate:
+            from safetwin.train.evaluate import evaluate
+
+            evaluate(checkpoint, scene, episodes=cfg.episodes, seed=cfg.seed, filtered=True)
+    report = build_report(run, cfg.audit, spec=spec, junit_xml=cfg.junit_xml or None,
+                          tests_root=Path(__file__).resolve().parents[1])
+    failing = [r for r in report.requirements if not r.passed]
+    print(f"audit of {run}: {report.verdict} ({len(report.requirements) - len(failing)}/"
+          f"{len(report.requirements)} requirements pass)")
+    for req in failing:
+        print(f"  FAIL {req.id}: {req.evidence}")
+    print(f"  report: {run / 'audit' / 'report.html'}  (machine-readable: report.json)")
+    return 0 if report.verdict == "PASS" else 1
+
+
+def run_deploy_stage(cfg: object) -> int:
+    """Deploy (the gate runs inside the runner); prints where the run and its summary are."""
+    from safetwin.robot_io.deploy import run_deploy
+
+    run = run_deploy(cfg)  # type: ignore[arg-type]
+    summary = json.loads((run / "summary.json").read_text())
+    print(f"deploy run {run}: status {summary.get('status')}; stops: "
+          f"{[s.get('cause') for s in summary.get('stops', [])]}")
+    print(f"  audit it with: safetwin audit --run-dir {run}")
+    return 0 if summary.get("status") == "completed" else 1
+
+
+@dataclass
+class VerifyLogConfig:
+    """Verify the SHA-256 hash chain of a supervisor event log.
+
+    path: an events.jsonl file, or a deploy run directory holding one.
+    """
+
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("path is required: --path runs/deploy/<id>/events.jsonl")
+
+
+def run_verify_log(cfg: VerifyLogConfig) -> int:
+    from safetwin.safety.events import verify_chain
+
+    path = Path(cfg.path)
+    if path.is_dir():
+        path = path / "events.jsonl"
+    result = verify_chain(path)
+    print(f"{path}: {'intact' if result.ok else 'BROKEN'} ({result})")
+    return 0 if result.ok else 1

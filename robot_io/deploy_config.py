@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from safetwin.safety.runio import ConfigError
 
 from .supervisor_config import SupervisorConfig
@@ -29,6 +30,12 @@ def _positive(name: str, value: Any) -> None:
 
 
 def _script(name: str, entries: Any, allowed: tuple[str, ...]) -> list[tuple[float, str]]:
+    """Validate ``[[t_s, what], ...]``; a string (from the command line) is read as YAML/JSON."""
+    if isinstance(entries, str):
+        try:
+            entries = yaml.safe_load(entries) if entries.strip() else []
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"deploy.{name}: not a YAML/JSON list: {exc}") from exc
     if not isinstance(entries, (list, tuple)):
         raise ConfigError(f"deploy.{name}: must be a list of [t_s, action], got {entries!r}")
     out = []
