@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCENE ?= tabletop_push
 RUN ?=
+CHECKPOINT ?=
+ARGS ?=
 PORT ?= sim
 INPUT ?=
 METHOD ?= rgbd
@@ -49,20 +51,24 @@ test-all: setup
 lint: setup
 	$(VENV)/bin/ruff check twin safety train robot_io cli tests benchmarks
 
+# METHOD=rgbd (depth images) or nerfstudio (photos; needs the [nerf] extra and a GPU)
 capture: setup
-	$(VENV)/bin/safetwin capture --scene $(SCENE) --name $(NAME) $(if $(INPUT),--input $(INPUT)) --method $(METHOD)
+	$(VENV)/bin/safetwin capture --scene $(SCENE) --name $(NAME) $(if $(INPUT),--input $(INPUT)) \
+		--method $(if $(filter nerfstudio,$(METHOD)),nerf,$(METHOD)) $(ARGS)
 
 train: setup
-	$(VENV)/bin/safetwin train --scene $(SCENE) $(if $(RUN),--run-dir $(RUN))
+	$(VENV)/bin/safetwin train --scene $(SCENE) $(ARGS)
 
+# RUN=runs/train/<id> or runs/deploy/<id>; default: the newest training run
 audit: setup
-	$(VENV)/bin/safetwin audit $(if $(RUN),--run-dir $(RUN),--latest)
+	$(VENV)/bin/safetwin audit --run-dir $(or $(RUN),latest) $(ARGS)
 
+# CHECKPOINT=runs/train/<id>/checkpoints/policy.safetensors; default: the newest training run's
 deploy: setup
-	$(VENV)/bin/safetwin deploy --port $(PORT) $(if $(RUN),--run-dir $(RUN),--latest)
+	$(VENV)/bin/safetwin deploy --port $(PORT) --checkpoint $(or $(CHECKPOINT),latest) $(ARGS)
 
 demo: setup
-	$(VENV)/bin/safetwin demo --scene $(SCENE)
+	$(VENV)/bin/safetwin demo --scene $(SCENE) $(ARGS)
 
 bench: bench-env bench-filter bench-loop bench-capture bench-train bench-safe-explore
 

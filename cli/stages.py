@@ -6,10 +6,12 @@ report), ``deploy`` (the gate, then the runner) and ``verify-log``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,11 +164,19 @@ def run_audit_stage(cfg: AuditStageConfig) -> int:
     return 0 if report.verdict == "PASS" else 1
 
 
-def run_deploy_stage(cfg: object) -> int:
-    """Deploy (the gate runs inside the runner); prints where the run and its summary are."""
+def run_deploy_stage(cfg: Any) -> int:
+    """Deploy (the gate runs inside the runner); prints where the run and its summary are.
+
+    ``--checkpoint latest`` takes the newest training run's checkpoint and that run's scene.
+    """
     from safetwin.robot_io.deploy import run_deploy
 
-    run = run_deploy(cfg)  # type: ignore[arg-type]
+    if cfg.checkpoint == "latest":
+        train_run = resolve_run_dir("latest", "train")
+        cfg = dataclasses.replace(cfg, checkpoint=str(train_run / "checkpoints" / "policy.safetensors"),
+                                  scene=_train_scene(train_run))
+        logger.info("deploying %s on scene %s", cfg.checkpoint, cfg.scene)
+    run = run_deploy(cfg)
     summary = json.loads((run / "summary.json").read_text())
     print(f"deploy run {run}: status {summary.get('status')}; stops: "
           f"{[s.get('cause') for s in summary.get('stops', [])]}")

@@ -27,8 +27,9 @@ import numpy as np
 from .audit_config import AuditConfig
 from .audit_inputs import AuditError, RunFiles, read_run, resolve_spec
 from .audit_metrics import episode_metrics, joint_violations, telemetry_metrics
-from .audit_requirements import Requirement, check, deploy_requirements, train_requirements
+from .audit_requirements import Requirement, check, deploy_requirements, numeric, train_requirements
 from .audit_scenarios import parse_junit, scenario_table
+from .audit_stops import merge_stops
 from .runio import atomic_write_json, atomic_write_text
 from .spec import SafetySpec
 
@@ -130,33 +131,6 @@ def verify_event_chain(path: Path | None, expected_head: str | None = None) -> d
 
 
 # ---------------------------------------------------------------- building the report
-_NOT_STOPS = ("log_open", "log_close")
-
-
-def _stop_records(files: RunFiles) -> list[dict[str, Any]]:
-    """Every stop or fault in the event log (records with a cause: e-stops, latches, stop
-    stages, faults) with its monotonic time, cause, category and T_stop, plus any stop listed in
-    summary.json but absent from the log."""
-    stops = []
-    for rec in files.events or []:
-        kind = str(rec.get("kind") or rec.get("event") or "")
-        if kind in _NOT_STOPS or not rec.get("cause"):
-            continue
-        data = rec.get("data") if isinstance(rec.get("data"), Mapping) else {}
-        t_stop = data.get("t_stop_s", data.get("T_stop"))
-        stops.append({"event": f"{kind}:{rec.get('state', '')}".rstrip(":"), "seq": rec.get("seq"),
-                      "t_mono": rec.get("t_mono"), "cause": str(rec["cause"]),
-                      "category": data.get("category"),
-                      "t_stop_s": t_stop if isinstance(t_stop, (int, float)) else None})
-    known = {(s["t_mono"], s["cause"]) for s in stops}
-    for rec in (files.summary or {}).get("stops", []) or []:
-        if isinstance(rec, Mapping) and (rec.get("t_mono"), rec.get("cause")) not in known:
-            stops.append({"event": str(rec.get("event", "stop")), "seq": rec.get("seq"),
-                          "t_mono": rec.get("t_mono"), "cause": str(rec.get("cause", "not recorded")),
-                          "category": rec.get("category"), "t_stop_s": rec.get("t_stop_s")})
-    return stops
-
-
 def _provenance(files: RunFiles, extra: dict[str, Any]) -> dict[str, Any]:
     """F1 fields: config hash, code commit, seeds, servo firmware/IDs, latency settings."""
     meta, summary = files.meta or {}, files.summary or {}
@@ -245,22 +219,38 @@ def _deploy_part(files: RunFiles, cfg: AuditConfig, spec: SafetySpec) -> tuple[d
     records = files.telemetry or []
     tm = telemetry_metrics(records, cfg.correction_tolerance) if records else None
     joints = None
-    if records:
+    if tm is not None:
+        _add_unwritten_gap(tm, summary)
         lower = np.array([j.lower for j in spec.joints])
         upper = np.array([j.upper for j in spec.joints])
         vmax = np.array([j.velocity for j in spec.joints])
         joints = joint_violations(records, lower, upper, vmax, cfg.hard_limit_tolerance)
-    reqs = deploy_requirements(tm, joints, chain, cfg)
+    stops = merge_stops(files.events, summary.get("stops"))
+    reqs = deploy_requirements(tm, joints, chain, cfg, spec)
+    unlogged = [s for s in stops if not s["in_event_log"]]
+    reqs.append(numeric("DR-STOPS-LOGGED", "every stop in summary.json is in the hash-chained event log",
+                        len(unlogged), "<=", 0, "stops", "SAFETY_SCENARIOS F1",
+                        f"{len(stops)} stop(s); not in events.jsonl: "
+                        f"{[(s['cause'], s['t_mono']) for s in unlogged] or 'none'}", ("F1",)))
     corrections = tm.pop("filter_corrections") if tm else []
-    comm = dict(tm["comm_faults"]) if tm else {}
-    for name, count in ((files.summary or {}).get("comm_faults") or {}).items():
-        comm[name] = max(comm.get(name, 0), int(count))
-    metrics = {"telemetry": tm, "joints": joints, "comm_faults": comm,
-               "stops": len(_stop_records(files)), "event_chain": chain}
+    metrics = {"telemetry": tm, "joints": joints, "comm_faults": summary.get("comm_faults", "not recorded"),
+               "loop": summary.get("loop", "not recorded"), "stops": len(stops), "event_chain": chain,
+               "_stops": stops}
     findings = _deploy_findings(tm, reqs)
     series = {"corrections": corrections, "periods": [r.get("period_ms") for r in records],
               "t_mono": [r.get("t_mono") for r in records]}
     return metrics, reqs, series, findings
+
+
+def _add_unwritten_gap(tm: dict[str, Any], summary: Mapping[str, Any]) -> None:
+    """F2: periods the runner counted but the telemetry writer never wrote (summary.json's
+    ``telemetry_missing``, e.g. lost at the end of an aborted run) are a gap too."""
+    missing = summary.get("telemetry_missing")
+    if isinstance(missing, int) and not isinstance(missing, bool) and missing > 0:
+        seq = tm["sequence"]
+        seq["gaps"].append({"after": seq["last"], "before": None, "missing": missing, "kind": "unwritten"})
+        seq["gap_count"] += 1
+        seq["missing_records"] += missing
 
 
 def _deploy_findings(tm: dict[str, Any] | None, reqs: list[Requirement]) -> list[str]:
@@ -271,7 +261,8 @@ def _deploy_findings(tm: dict[str, Any] | None, reqs: list[Requirement]) -> list
     if seq["gap_count"]:
         return [f"Telemetry has {seq['gap_count']} gap(s) ({seq['missing_records']} missing record(s)); "
                 "absence of violations cannot be claimed for the missing periods (F2)."]
-    limit_ids = {"DR-FINITE", "DR-JOINT-POS", "DR-JOINT-VEL", "DR-INFEASIBLE", "DR-CHAIN"}
+    limit_ids = {"DR-FINITE", "DR-JOINT-POS", "DR-JOINT-VEL", "DR-SPEED", "DR-INFEASIBLE", "DR-CHAIN",
+                 "DR-STOPS-LOGGED"}
     failing = [r.id for r in reqs if r.id in limit_ids and not r.passed]
     if failing:
         return [f"Violations or integrity failures recorded: {', '.join(failing)}."]
@@ -297,7 +288,7 @@ def build_report(run_dir: str | Path, cfg: AuditConfig | None = None, *,
     audited_spec, spec_source = resolve_spec(files, spec)
     part = _train_part if files.kind == "train" else _deploy_part
     metrics, reqs, series, findings = part(files, cfg, audited_spec)
-    stops = _stop_records(files)
+    stops = metrics.pop("_stops", [])
     extra = {"eval_seeds": sorted({e.get("seed") for e in files.episodes or [] if e.get("seed") is not None})}
     results = parse_junit(junit_xml, tests_root) if junit_xml is not None else None
     integrity = {"event_chain": metrics.pop("event_chain", None),

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from .runio import load_yaml, read_jsonl, sha256_file
 from .spec import Box, FilterParams, JointLimit, Obstacle, SafetySpec, SpecError, parse_safety
 
@@ -79,7 +81,8 @@ def read_records(path: Path) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
     try:
-        records = list(read_jsonl(path))
+        records = list(tqdm(read_jsonl(path), desc=f"audit: reading {path.name}", unit="rec",
+                            leave=False, disable=None))
     except ValueError as exc:
         raise AuditError(str(exc)) from exc
     for i, rec in enumerate(records, 1):

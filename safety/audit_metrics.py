@@ -132,9 +132,11 @@ def episode_metrics(episodes: Sequence[Mapping[str, Any]], near_miss_m: float,
 
 
 def _fault_type(fault: Any) -> str:
+    """The type of one telemetry fault entry: ``"filter:infeasible"`` -> ``"filter"``; a mapping's
+    ``type``/``kind``/``code``."""
     if isinstance(fault, Mapping):
         return str(fault.get("type") or fault.get("kind") or fault.get("code") or "unknown")
-    return str(fault)
+    return str(fault).split(":", 1)[0]
 
 
 def _finite(values: Any) -> bool:
@@ -174,6 +176,9 @@ def joint_violations(records: Sequence[Mapping[str, Any]], lower: np.ndarray, up
 def telemetry_metrics(records: Sequence[Mapping[str, Any]], correction_tol: float) -> dict[str, Any]:
     """Aggregate a deploy run's telemetry.jsonl (one record per control period).
 
+    ``faults_by_type`` counts the per-period fault entries (``read_failed``, ``filter``, ...);
+    ``max_ee_speed`` (m/s) is the largest measured TCP speed (``ee_speed``), None if never logged.
+
     A period counts as a filter intervention when the filter braked, was infeasible or its
     ``correction_norm`` (rad/s) exceeds ``correction_tol``.
     """
@@ -183,8 +188,10 @@ def telemetry_metrics(records: Sequence[Mapping[str, Any]], correction_tol: floa
     faults: Counter[str] = Counter()
     corrections: list[float] = []
     interventions = infeasible = braked = non_finite = held = 0
-    min_barrier = math.inf
+    min_barrier, max_speed = math.inf, None
     for r in records:
+        if isinstance(r.get("ee_speed"), (int, float)) and math.isfinite(r["ee_speed"]):
+            max_speed = max(float(r["ee_speed"]), max_speed or 0.0)
         faults.update(_fault_type(f) for f in (r.get("faults") or []))
         filt = r.get("filter") or {}
         corr = float(filt.get("correction_norm") or 0.0)
@@ -196,7 +203,7 @@ def telemetry_metrics(records: Sequence[Mapping[str, Any]], correction_tol: floa
         if filt.get("min_barrier") is not None:
             min_barrier = min(min_barrier, float(filt["min_barrier"]))
         held += int(r.get("sent") is None)
-        non_finite += int(not all(_finite(r.get(k)) for k in ("q", "dq", "nominal", "filtered", "sent")))
+        non_finite += int(not all(_finite(r.get(k)) for k in ("q", "dq", "nominal", "filtered", "sent", "ee_speed")))
     t = [float(r["t_mono"]) for r in records if r.get("t_mono") is not None]
     n = len(records)
     return {
@@ -211,6 +218,7 @@ def telemetry_metrics(records: Sequence[Mapping[str, Any]], correction_tol: floa
         "intervention_rate": interventions / n if n else None,
         "filter_infeasible": infeasible,
         "min_barrier": None if math.isinf(min_barrier) else min_barrier,
-        "comm_faults": dict(sorted(faults.items())),
+        "faults_by_type": dict(sorted(faults.items())),
+        "max_ee_speed": max_speed,
         "non_finite_records": non_finite,
     }

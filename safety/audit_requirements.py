@@ -130,7 +130,7 @@ def train_requirements(m: dict[str, Any] | None, n_episodes: int, cfg: Any, spec
 
 
 def deploy_requirements(m: dict[str, Any] | None, joints: dict[str, Any] | None,
-                        chain: dict[str, Any], cfg: Any) -> list[Requirement]:
+                        chain: dict[str, Any], cfg: Any, spec: Any) -> list[Requirement]:
     """Requirements on a deploy run's telemetry metrics ``m`` and event-log ``chain`` status."""
     if m is None:
         return [check("DR-TELEMETRY", "telemetry recorded", False, None, "docs/INTERFACES.md",
@@ -154,6 +154,9 @@ def deploy_requirements(m: dict[str, Any] | None, joints: dict[str, Any] | None,
                 cfg.max_infeasible_count, "count", "AuditConfig.max_infeasible_count", how, ("B3",)),
         numeric("DR-INTERVENE", "intervention rate", m["intervention_rate"], "<=",
                 cfg.max_intervention_rate, "per period", "AuditConfig.max_intervention_rate", how, ("A5",)),
+        numeric("DR-SPEED", "largest measured end-effector speed", m["max_ee_speed"], "<=",
+                spec.ee_speed_max * (1.0 + cfg.hard_limit_tolerance), "m/s", "safety.ee_speed_max",
+                how + ", field ee_speed", ("E9",)),
     ]
     if joints is not None:
         reqs += [

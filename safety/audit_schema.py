@@ -14,13 +14,15 @@ Top-level fields:
   cycle_time, interventions, intervention_rate, filter_infeasible, min_barrier, near_misses,
   max_ee_speed, max_contact_force, inference_latency_ms {p50,p99,max,mean,n}) and ``training``;
   deploy: ``telemetry`` (periods, duration_s, sequence {gaps,...}, loop_period_ms, interventions,
-  intervention_rate, filter_infeasible, min_barrier, comm_faults, non_finite_records),
-  ``joints``, ``comm_faults`` (count by type), ``stops``.
+  intervention_rate, filter_infeasible, min_barrier, faults_by_type, max_ee_speed,
+  non_finite_records), ``joints``, ``comm_faults`` (bus faults by type, from summary.json),
+  ``loop`` (the runner's loop stats), ``stops`` (count).
 - ``provenance`` (object, F1): config_sha256, code_commit, seed, eval_seeds, packages, servos,
   latency_settings, run_status.
 - ``integrity`` (object): ``event_chain`` {status, detail} (deploy) and ``telemetry_gaps``.
-- ``stops`` (list): every stop with ``event``, ``seq``, ``t_mono`` (s, monotonic), ``cause``,
-  ``category``, ``t_stop_s``.
+- ``stops`` (list): every stop with ``event``, ``seq`` (event-log seq), ``t_mono`` (s, monotonic),
+  ``cause``, ``category``, ``t_stop_s`` (s), ``detail``, ``stop_distance_rad``, ``source`` and
+  ``in_event_log`` (see audit_stops).
 - ``scenarios`` (list): one row per scenario A1..F3: ``id``, ``status`` (passed, failed,
   skipped, not covered, not run), ``tests`` [{test, outcome, message}].
 - ``findings`` (list of str): plain statements, e.g. the F2 gap statement.
@@ -73,9 +75,12 @@ _SCENARIO = {
 
 _STOP = {
     "type": "object",
-    "required": ["event", "seq", "t_mono", "cause", "category", "t_stop_s"],
+    "required": ["event", "seq", "t_mono", "cause", "category", "t_stop_s", "detail", "stop_distance_rad",
+                 "source", "in_event_log"],
     "properties": {"event": {"type": "string"}, "cause": {"type": "string"},
-                   "t_mono": {"type": ["number", "null"]}, "t_stop_s": {"type": ["number", "null"]}},
+                   "seq": {"type": ["integer", "null"]}, "t_mono": {"type": ["number", "null"]},
+                   "t_stop_s": {"type": ["number", "null"]}, "in_event_log": {"type": "boolean"},
+                   "source": {"enum": ["events.jsonl", "summary.json", "events.jsonl + summary.json"]}},
 }
 
 REPORT_SCHEMA: dict[str, Any] = {

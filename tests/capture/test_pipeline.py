@@ -187,3 +187,26 @@ def test_cli_capture_reports_bad_input_with_exit_code_2(tmp_path, caplog):
     assert code == 2
     assert "nowhere: capture folder does not exist" in caplog.text
     assert not (out / "x").exists()
+
+
+def test_captured_objects_rest_on_a_table_in_pybullet(captured):
+    """Each exported URDF (V-HACD collision) dropped on a plane settles upright at its height."""
+    import pybullet as p
+
+    report = json.loads((captured / "capture_report.json").read_text())
+    cid = p.connect(p.DIRECT)
+    try:
+        p.setGravity(0, 0, -9.81, physicsClientId=cid)
+        p.createMultiBody(0, p.createCollisionShape(p.GEOM_PLANE, physicsClientId=cid), physicsClientId=cid)
+        for obj in report["objects"]:
+            half = obj["extents"][2] / 2
+            body = p.loadURDF(str(captured / "urdf" / f"{obj['name']}.urdf"), [0, 0, half + 0.02],
+                              physicsClientId=cid)
+            for _ in range(480):
+                p.stepSimulation(physicsClientId=cid)
+            pos, orn = p.getBasePositionAndOrientation(body, physicsClientId=cid)
+            assert pos[2] == pytest.approx(half, abs=0.006), obj["name"]
+            assert abs(p.getEulerFromQuaternion(orn)[0]) < 0.05 and abs(p.getEulerFromQuaternion(orn)[1]) < 0.05
+            p.removeBody(body, physicsClientId=cid)
+    finally:
+        p.disconnect(cid)

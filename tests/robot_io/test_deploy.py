@@ -135,6 +135,10 @@ def test_config_strict_and_validated(tmp_path):
         make_cfg(tmp_path, estop_script=[[1.0, "smash"]])
     with pytest.raises(ConfigError, match="supervisor"):
         make_cfg(tmp_path, supervisor={"dt": 0})
+    cfg = make_cfg(tmp_path, estop_script='[[2.0, "release"], [1.0, "press"]]')  # command-line form
+    assert cfg.estop_script == [[1.0, "press"], [2.0, "release"]] and cfg.supervisor.dt == cfg.dt
+    with pytest.raises(ConfigError, match="fault_script"):
+        make_cfg(tmp_path, port="/dev/ttyUSB0", fault_script=[[1.0, "unplug"]])
 
 
 def test_estop_press_mid_run_no_goal_bytes_while_latched_e1_e2_a8(tmp_path, robot):

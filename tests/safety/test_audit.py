@@ -218,8 +218,12 @@ def test_f1_deploy_report_has_every_f1_field(tmp_path: Path) -> None:
     assert tel["loop_period_ms"]["n"] == 40 and tel["loop_period_ms"]["p99"] == pytest.approx(10.4)
     assert tel["intervention_rate"] == pytest.approx(5 / 40) and tel["filter_infeasible"] == 0
     assert data["metrics"]["comm_faults"] == {"crc": 1}
-    stages = [s for s in data["stops"] if s["t_stop_s"] is not None]
-    assert stages and stages[0]["cause"] == "estop" and stages[0]["t_stop_s"] == pytest.approx(0.12)
+    assert tel["faults_by_type"] == {"read_failed": 1}
+    assert len(data["stops"]) == 1
+    stop = data["stops"][0]
+    assert stop["cause"] == "estop" and stop["t_stop_s"] == pytest.approx(0.12) and stop["category"] == 1
+    assert stop["in_event_log"] and stop["source"] == "events.jsonl + summary.json" and stop["seq"] == 3
+    assert stop["stop_distance_rad"] == [0.01, 0.02, 0.0]
     assert data["integrity"]["event_chain"]["status"] == "intact"
     assert data["findings"][0].startswith("No limit violations observed in 40 contiguous")
 
@@ -248,6 +252,41 @@ def test_f1_broken_hash_chain_is_detected(tmp_path: Path) -> None:
     assert report.integrity["event_chain"]["status"] == "broken"
     assert "edited record" in report.integrity["event_chain"]["detail"]
     assert "No limit violations" not in report.findings[0]
+
+
+def test_f1_stop_missing_from_the_event_log_is_flagged(tmp_path: Path) -> None:
+    """F1: a stop that summary.json reports but the hash-chained log lacks fails DR-STOPS-LOGGED."""
+    run = copy_run(tmp_path, "deploy_run")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["stops"].append({"cause": "bus_fault", "category": 0, "t_mono": 250.0, "t_stop_s": 0.01})
+    (run / "summary.json").write_text(json.dumps(summary))
+    report = build_report(run, CFG, write=False)
+    assert failing(report) == {"DR-STOPS-LOGGED"}
+    assert [s["in_event_log"] for s in report.stops] == [True, False]
+    assert "bus_fault" in next(r for r in report.requirements if r.id == "DR-STOPS-LOGGED").evidence
+
+
+def test_f2_records_the_writer_never_wrote_are_a_gap(tmp_path: Path) -> None:
+    """F2: periods counted by the runner but missing from telemetry.jsonl (telemetry_missing) are a gap."""
+    run = copy_run(tmp_path, "deploy_run")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["telemetry_missing"] = 5
+    (run / "summary.json").write_text(json.dumps(summary))
+    report = build_report(run, CFG, write=False)
+    assert failing(report) == {"DR-GAPS"}
+    assert report.integrity["telemetry_gaps"]["gaps"][-1] == {"after": 39, "before": None, "missing": 5,
+                                                              "kind": "unwritten"}
+    assert "cannot be claimed" in report.findings[0]
+
+
+def test_e9_measured_overspeed_fails(tmp_path: Path) -> None:
+    """E9: a measured TCP speed above the spec's ee_speed_max (0.25 m/s) fails DR-SPEED."""
+    run = copy_run(tmp_path, "deploy_run")
+    rewrite_jsonl(run / "telemetry.jsonl", lambda recs: [{**r, "ee_speed": 0.3} if r["seq"] == 7 else r
+                                                          for r in recs])
+    report = build_report(run, CFG, write=False)
+    assert failing(report) == {"DR-SPEED"}
+    assert report.metrics["telemetry"]["max_ee_speed"] == pytest.approx(0.3)
 
 
 def test_f1_records_dropped_from_the_end_are_detected(tmp_path: Path) -> None:
@@ -284,7 +323,7 @@ def test_aborted_deploy_without_telemetry_still_reports(tmp_path: Path) -> None:
     (run / "telemetry.jsonl").unlink()
     report = build_report(run, CFG)
     assert report.exit_code == 1 and "DR-TELEMETRY" in failing(report)
-    assert any(s["cause"] == "estop" for s in report.stops)
+    assert [(s["cause"], s["t_stop_s"]) for s in report.stops] == [("estop", 0.12)]
     assert (run / "audit" / "report.html").is_file()
 
 

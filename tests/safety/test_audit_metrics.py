@@ -101,14 +101,14 @@ def test_telemetry_metrics_count_interventions_faults_and_non_finite() -> None:
     recs = [_tel(k) for k in range(10)]
     recs[2]["filter"] = {"feasible": False, "correction_norm": 0.0, "braked": True, "min_barrier": -0.01}
     recs[3]["filter"] = {"feasible": True, "correction_norm": 0.2}
-    recs[4]["faults"] = [{"type": "crc"}, "timeout"]
-    recs[5]["faults"] = [{"type": "crc"}]
+    recs[4]["faults"] = [{"type": "crc"}, "read_failed"]
+    recs[5]["faults"] = [{"type": "crc"}, "filter:infeasible", "filter:slack"]
     recs[6]["nominal"] = [float("nan"), 0.0]
     recs[7]["sent"] = None  # held period
     m = telemetry_metrics(recs, correction_tol=1e-6)
     assert m["interventions"]["filter"] == 2 and m["filter_infeasible"] == 1
     assert m["intervention_rate"] == pytest.approx(0.2)
-    assert m["comm_faults"] == {"crc": 2, "timeout": 1}
+    assert m["faults_by_type"] == {"crc": 2, "filter": 2, "read_failed": 1}
     assert m["non_finite_records"] == 1 and m["interventions"]["held_periods"] == 1
     assert m["min_barrier"] == pytest.approx(-0.01)
     assert m["sequence"]["gap_count"] == 0
