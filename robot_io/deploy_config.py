@@ -15,11 +15,12 @@ from typing import Any
 import yaml
 from safetwin.safety.runio import ConfigError
 
+from .deploy_camera import CAMERA_MODES
 from .supervisor_config import SupervisorConfig
 
 ESTOP_ACTIONS = ("press", "release", "reset", "arm")
 FAULT_KINDS = ("estop_press", "estop_stale", "estop_garbage", "bus_drop", "servo_alarm", "unplug",
-               "nan_action", "stale_action", "policy_freeze")
+               "nan_action", "stale_action", "policy_freeze", "camera_freeze", "camera_fail")
 """Faults the runner can inject on the simulated rig (tests, the loop benchmark)."""
 ACTION_SPACES = ("auto", "ee_delta", "joint")
 
@@ -96,6 +97,11 @@ class DeployConfig:
         seed: random seed (recorded; scripted policies are deterministic).
         auto_arm: send the arm command once the e-stop permits at start.
         instruction: language instruction given to a checkpoint policy.
+        camera: the policy's camera: ``sim`` (the twin's front camera of ``scene`` with the virtual
+            robot's arm pose; port ``sim`` only), ``none`` (a black image) or ``auto`` (``sim`` on
+            port ``sim`` with a checkpoint, else ``none``). A frame older than
+            ``staleness_timeout_s`` is missing: the policy publishes nothing (hold, then stop, A6).
+        camera_size: image side (pixels); 0 takes the checkpoint's ``image_size`` (64 without one).
         estop_script: ``[[t_s, press|release|reset|arm], ...]`` operator/e-stop events (sim e-stop).
         fault_script: ``[[t_s, kind], ...]`` injected faults (sim only), kinds in ``FAULT_KINDS``.
         supervisor: supervisor thresholds (``dt`` is set from ``control_hz``).
@@ -129,6 +135,8 @@ class DeployConfig:
     seed: int = 0
     auto_arm: bool = True
     instruction: str = "push the block to the target"
+    camera: str = "auto"
+    camera_size: int = 0
     estop_script: list = field(default_factory=list)
     fault_script: list = field(default_factory=list)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
@@ -151,7 +159,7 @@ class DeployConfig:
             raise ConfigError(f"deploy.action_space: {self.action_space!r} not in {list(ACTION_SPACES)}")
         if not self.checkpoint and self.scripted_policy not in ("sine", "hold"):
             raise ConfigError(f"deploy.scripted_policy: {self.scripted_policy!r} not sine|hold")
-        for name in ("steps", "seed", "lag_cycles", "bus_retries"):
+        for name in ("steps", "seed", "lag_cycles", "bus_retries", "camera_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"deploy.{name}: must be an integer >= 0, got {value!r}")
@@ -168,6 +176,12 @@ class DeployConfig:
         self.fault_script = [list(e) for e in _script("fault_script", self.fault_script, FAULT_KINDS)]
         if self.fault_script and (self.port != "sim" or self.estop_port != "sim"):
             raise ConfigError("deploy.fault_script: fault injection needs port='sim' and estop_port='sim'")
+        if self.camera not in CAMERA_MODES:
+            raise ConfigError(f"deploy.camera: {self.camera!r} not in {list(CAMERA_MODES)}")
+        if self.camera == "sim" and self.port != "sim":
+            raise ConfigError(f"deploy.camera: 'sim' renders the twin for the virtual robot; port is {self.port!r}")
+        if any(k.startswith("camera_") for _, k in self.fault_script) and self.camera_mode != "sim":
+            raise ConfigError("deploy.fault_script: camera faults need the sim camera (camera='sim')")
         if any(a in ("press", "release") for _, a in self.estop_script) and self.estop_port != "sim":
             raise ConfigError("deploy.estop_script: press/release need estop_port='sim' (the emulator)")
         if not isinstance(self.supervisor, SupervisorConfig):
@@ -185,6 +199,13 @@ class DeployConfig:
         if self.action_space != "auto":
             return self.action_space
         return "ee_delta" if self.checkpoint else "joint"
+
+    @property
+    def camera_mode(self) -> str:
+        """The resolved camera: ``sim`` or ``none``."""
+        if self.camera != "auto":
+            return self.camera
+        return "sim" if self.port == "sim" and self.checkpoint else "none"
 
     @property
     def chunk_dt(self) -> float:

@@ -7,7 +7,8 @@ A policy is any callable ``policy(obs) -> array (k, d)``; ``obs`` is a dict with
 holds absolute joint targets (n,) rad.
 
 The :class:`PolicyThread` runs the policy at a fixed rate on the monotonic clock, stamps each
-chunk with the time of the observation it used, publishes only the newest chunk (older ones are
+chunk with the time of the observation it used (the older of the state's ``t_mono`` and the
+camera frame's ``t_image``, see :mod:`deploy_camera`), publishes only the newest chunk (older ones are
 dropped, never queued for replay, A6) and beats the supervisor's ``"policy"`` heartbeat after each
 successful inference (D3). An exception in the policy publishes nothing and sends no heartbeat.
 """
@@ -83,7 +84,8 @@ class PolicyThread(threading.Thread):
         board: where the control loop posts the measured state.
         mailbox: where chunks go.
         heartbeat: called after each successful inference (the supervisor's ``heartbeat``).
-        observe: turns the measured state into the policy's observation dict.
+        observe: turns the measured state into the policy's observation dict (it may read a
+            camera: it runs here, never on the control thread, D1).
     """
 
     def __init__(self, policy: PolicyFn, hz: float, board: StateBoard, mailbox: ChunkMailbox,
@@ -116,8 +118,9 @@ class PolicyThread(threading.Thread):
     def _infer(self, state: dict[str, Any]) -> None:
         t0 = self.clock()
         try:
-            actions = self.policy(self.observe(state))
-        except Exception as exc:  # noqa: BLE001 - a failing policy publishes nothing (fail closed)
+            obs = self.observe(state)
+            actions = self.policy(obs)
+        except Exception as exc:  # noqa: BLE001 - a failing camera/policy publishes nothing (fail closed)
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             logger.error("policy inference failed: %s", self.last_error)
@@ -126,6 +129,8 @@ class PolicyThread(threading.Thread):
         self.latencies_ms.append((t1 - t0) * 1e3)
         self._seq += 1
         t_obs = state["t_mono"]
+        if obs.get("t_image") is not None:  # a chunk is as old as the oldest input it saw (A6)
+            t_obs = min(t_obs, float(obs["t_image"]))
         if isinstance(actions, ActionChunk):  # a policy may stamp its own chunk (fault injection)
             actions, t_obs = actions.actions, actions.t_obs
         self.mailbox.put(ActionChunk(self._seq, t_obs, t1, actions))
@@ -184,14 +189,9 @@ class InjectingPolicy:
 
 def default_observe(instruction: str, image_shape: tuple[int, int, int] = (64, 64, 3),
                     gripper_opening: float = 1.0) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Observation builder in the twin's layout: ``proprio = [q (rad), dq (rad/s), gripper
-    opening in [0, 1]]`` (float32; this runner does not drive the gripper, so its opening is the
-    constant ``gripper_opening``), a black ``image`` of ``image_shape`` (no camera on this path;
-    a camera source replaces it) and the instruction."""
-    blank = np.zeros(image_shape, dtype=np.uint8)
+    """Observation builder in the twin's layout without a camera: ``proprio = [q (rad), dq (rad/s),
+    gripper opening in [0, 1]]`` (float32; the constant ``gripper_opening``), a black ``image`` of
+    ``image_shape`` and the instruction (see :class:`deploy_camera.Observer`, which adds cameras)."""
+    from .deploy_camera import Observer
 
-    def observe(state: dict[str, Any]) -> dict[str, Any]:
-        proprio = np.concatenate([state["q"], state["dq"], [gripper_opening]]).astype(np.float32)
-        return {**state, "proprio": proprio, "image": blank, "instruction": instruction}
-
-    return observe
+    return Observer(instruction, None, image_shape, opening=gripper_opening)

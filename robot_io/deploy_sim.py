@@ -1,5 +1,6 @@
-"""The simulated rig of a deploy run: the virtual robot on a pty, the e-stop emulator, and the
-scripted e-stop events and fault injections of ``DeployConfig.estop_script`` / ``fault_script``.
+"""The simulated rig of a deploy run: the virtual robot on a pty, the e-stop emulator, the sim
+camera (set by the runner), and the scripted e-stop events and fault injections of
+``DeployConfig.estop_script`` / ``fault_script``.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from .deploy_camera import InjectingCamera
 from .deploy_policy import InjectingPolicy
 from .estop import EStopEmulator
 from .virtual_robot import ServoSpec, VirtualRobot
@@ -31,6 +33,7 @@ class SimRig:
         self.robot: VirtualRobot | None = robot
         self._owns_robot = robot is None
         self.estop: EStopEmulator | None = None
+        self.camera: InjectingCamera | None = None  # the policy's sim camera, when the runner made one
         try:
             if bus and robot is None:
                 self.robot = (VirtualRobot.kinematic(servos) if servos else VirtualRobot.from_scene(scene)).start()
@@ -57,6 +60,10 @@ class SimRig:
         robot, estop = self.robot, self.estop
         if kind in ("nan_action", "stale_action", "policy_freeze"):
             policy.mode = {"nan_action": "nan", "stale_action": "stale", "policy_freeze": "freeze"}[kind]
+        elif kind in ("camera_freeze", "camera_fail"):
+            if self.camera is None:
+                raise RuntimeError(f"fault {kind} needs the sim camera (camera='sim')")
+            self.camera.mode = kind.split("_")[1]
         elif kind == "estop_press":
             estop.press()
         elif kind == "estop_stale":

@@ -192,6 +192,11 @@ def _train_integrity(files: RunFiles, spec: SafetySpec) -> list[Requirement]:
             check("TR-SPEC", "checkpoint trained under the audited safety spec", recorded == spec.sha256(),
                   recorded, "checkpoints/policy.json: safety_spec_sha256",
                   f"sidecar records {recorded or 'no spec hash'}; audited spec hashes to {spec.sha256()}")]
+    eval_spec = (files.eval_summary or {}).get("safety_spec_sha256")
+    if eval_spec is not None:
+        reqs.append(check("TR-EVAL-SPEC", "evaluation ran under the audited safety spec", eval_spec == spec.sha256(),
+                          eval_spec, "eval/summary.json: safety_spec_sha256",
+                          f"evaluated under {eval_spec}; audited spec hashes to {spec.sha256()}"))
     evaluated = (files.eval_summary or {}).get("checkpoint_sha256")
     if evaluated is not None:
         reqs.append(check("TR-EVAL-CKPT", "evaluation ran on this checkpoint",
@@ -235,6 +240,7 @@ def _deploy_part(files: RunFiles, cfg: AuditConfig, spec: SafetySpec) -> tuple[d
     corrections = tm.pop("filter_corrections") if tm else []
     metrics = {"telemetry": tm, "joints": joints, "comm_faults": summary.get("comm_faults", "not recorded"),
                "loop": summary.get("loop", "not recorded"), "stops": len(stops), "event_chain": chain,
+               "policy_latency_ms": (summary.get("policy") or {}).get("latency_ms", "not recorded"),
                "_stops": stops}
     findings = _deploy_findings(tm, reqs)
     series = {"corrections": corrections, "periods": [r.get("period_ms") for r in records],

@@ -166,7 +166,7 @@ _CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;
 font-size:13px;text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#eee}.PASS,.passed{background:#d8f5d0}
 .FAIL,.failed{background:#f8d0d0}.skipped,.not{background:#f4f0d0}figure{display:inline-block;margin:4px}
-.verdict{font-size:1.6em;padding:0.3em 0.6em;display:inline-block}.claims{border-left:4px solid #888;
+.PASS td:nth-child(3),.FAIL td:nth-child(3){white-space:nowrap}.verdict{font-size:1.6em;padding:0.3em 0.6em;display:inline-block}.claims{border-left:4px solid #888;
 padding-left:1em}code{font-size:12px}"""
 
 

@@ -81,7 +81,7 @@ def run_episode(env: gym.Env, policy: VLAPolicy, seed: int) -> dict[str, Any]:
             if "min_fragile_distance" in info:
                 rec["min_fragile_distance"] = min(rec["min_fragile_distance"], float(info["min_fragile_distance"]))
             rec["max_ee_speed"] = max(rec["max_ee_speed"], float(info.get("ee_speed", 0.0)))
-            rec["max_contact_force"] = max(rec["max_contact_force"], float(info.get("contact_force", 0.0)))
+            rec["max_contact_force"] = max(rec["max_contact_force"], float(info.get("max_contact_force", 0.0)))
             _filter_counts(info.get("filter"), acc)
             done = terminated or truncated
             if done:
@@ -119,7 +119,7 @@ def make_eval_env(scene: Any, filtered: bool, env_id: str = TWIN_ID,
     if filtered:
         from safetwin.safety.wrapper import SafetyFilterWrapper
 
-        env = SafetyFilterWrapper(env)  # the spec and robot model of the env (obstacles move at reset)
+        env = SafetyFilterWrapper(env, scene.safety)  # obstacle poses: read from the env each step
     return env
 
 

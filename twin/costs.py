@@ -19,6 +19,7 @@ the end-effector position are in the robot **base** frame (m).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,3 +145,45 @@ class CostMonitor:
             for pt in pts:
                 best = min(best, float(pt[8]))
         return best
+
+
+class TaskReward:
+    """The task reward: ``success_bonus * success + shaping_scale * (gamma * Phi(s') - Phi(s))
+    - time_penalty`` with the potential Phi = -(progress distance, m):
+
+    * ``ee_in_zone`` (reach): Phi = -|ee - target| (3-D);
+    * ``object_in_zone`` (push): Phi = -(|object - goal|_xy + 0.5 |ee - object|), so getting
+      to the object and moving it to the goal both pay.
+
+    Args:
+        task: the scene's task block (success condition and time penalty).
+        success_bonus: reward on the step that reaches success.
+        gamma: discount of the potential shaping (match the learner's).
+        shaping_scale: factor on the shaping term (per m).
+    """
+
+    def __init__(self, task: Any, success_bonus: float, gamma: float, shaping_scale: float) -> None:
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        if success_bonus < 0.0 or shaping_scale < 0.0:
+            raise ValueError("success_bonus and shaping_scale must be >= 0")
+        self.task, self.bonus, self.gamma, self.scale = task, success_bonus, gamma, shaping_scale
+
+    def _distances(self, world: Any) -> tuple[float, float]:
+        ee = world.ee_pose()[0]
+        if self.task.success.type == "ee_in_zone":
+            return float(np.linalg.norm(ee - world.goal_position())), 0.0
+        obj = world.object_pose(world.target)[0]
+        return float(np.linalg.norm((obj - world.goal_position())[:2])), float(np.linalg.norm(ee - obj))
+
+    def success(self, world: Any) -> bool:
+        """True when the task's success condition holds."""
+        return self._distances(world)[0] < self.task.success.distance
+
+    def potential(self, world: Any) -> float:
+        d_goal, d_obj = self._distances(world)
+        return -(d_goal + 0.5 * d_obj)
+
+    def reward(self, phi_before: float, phi_after: float, success: bool) -> float:
+        return (self.bonus * float(success) + self.scale * (self.gamma * phi_after - phi_before)
+                - self.task.time_penalty)

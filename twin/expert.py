@@ -19,6 +19,7 @@ over and down) and heads for the furthest waypoint reachable on a hazard-free se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,24 +34,31 @@ class ExpertConfig:
     Attributes:
         speed_fraction: fraction of ``ee_speed_max`` the commanded EE speed stays under.
         clearance: m kept between the EE point and every hazard box.
+        min_clearance: m; the least clearance kept from a hazard the goal lies near.
         cruise_margin: m above the highest blocking hazard the EE crosses at.
         tolerance: m; a waypoint closer than this counts as reached.
         push_standoff: m between the object's back face and the EE at the pre-push pose.
         push_lateral_tolerance: m of sideways misalignment tolerated while pushing.
         object_clearance: m kept from the pushed object while getting behind it.
         push_depth: m below the object's centre the EE pushes at (0 pushes at the centre).
-        push_overshoot: m past the goal centre the object is aimed at.
+        zone_fraction: fraction of the success distance the object's aim may move off the goal centre.
+        pusher_half_width: m; half the gripper's width across the push direction (the object's
+            swept corridor is widened to it when planning the push path).
+        leg_tolerance: m; an intermediate aim point of the pushed object counts as reached.
     """
 
-    speed_fraction: float = 0.6
+    speed_fraction: float = 0.65
     clearance: float = 0.06
+    min_clearance: float = 0.03
     cruise_margin: float = 0.04
     tolerance: float = 0.006
     push_standoff: float = 0.03
     push_lateral_tolerance: float = 0.012
-    object_clearance: float = 0.025
+    object_clearance: float = 0.008
     push_depth: float = 0.0
-    push_overshoot: float = 0.0
+    zone_fraction: float = 0.6
+    pusher_half_width: float = 0.025
+    leg_tolerance: float = 0.012
 
     def __post_init__(self) -> None:
         if not 0.0 < self.speed_fraction <= 1.0:
@@ -93,6 +101,7 @@ class ExpertView:
     goal: np.ndarray | None = None
     ee_radius: float = 0.02
     gripper: float = -1.0
+    success_distance: float = 0.03
     extra_hazards: list[Box3] = field(default_factory=list)
 
 
@@ -117,12 +126,32 @@ def _clear(a: np.ndarray, b: np.ndarray, boxes: list[tuple[Box3, float]]) -> boo
     return not any(segment_hits_box(a, b, box, grow) for box, grow in boxes)
 
 
+def _path_length(points: list[np.ndarray]) -> float:
+    return float(sum(np.linalg.norm(b - a) for a, b in zip(points[:-1], points[1:])))
+
+
 def plan(start: np.ndarray, goal: np.ndarray, boxes: list[tuple[Box3, float]], margin: float) -> list[np.ndarray]:
-    """Waypoints from ``start`` to ``goal`` around ``boxes`` ((box, grow) pairs), going over
-    every box whose grown footprint the straight line crosses: up, across at a cruise height
-    ``margin`` above the highest of them, down."""
+    """Waypoints from ``start`` to ``goal`` around ``boxes`` ((box, grow) pairs): straight when
+    clear, else the shortest clear path round one or two corners of a blocking box (at the
+    higher of the two heights), else up, across at ``margin`` above the highest box, and down."""
     if _clear(start, goal, boxes):
         return [goal]
+    z = max(float(start[2]), float(goal[2]))
+    candidates: list[list[np.ndarray]] = []
+    for box, grow in boxes:
+        if not segment_hits_box(start, goal, box, grow):
+            continue
+        g = grow + margin / 2
+        lo, hi = box[0] - g, box[1] + g
+        corners = [np.array([x, y, z]) for x, y in ((lo[0], lo[1]), (hi[0], lo[1]), (hi[0], hi[1]), (lo[0], hi[1]))]
+        for i, c in enumerate(corners):
+            candidates.append([c, goal])
+            candidates.append([c, corners[(i + 1) % 4], goal])
+            candidates.append([c, corners[(i - 1) % 4], goal])
+    clear = [c for c in candidates
+             if _clear(start, c[0], boxes) and all(_clear(a, b, boxes) for a, b in zip(c[:-1], c[1:]))]
+    if clear:
+        return min(clear, key=lambda c: _path_length([start, *c]))
     top = max(float(box[1][2]) + grow for box, grow in boxes)
     cruise = max(top + margin, float(start[2]), float(goal[2]))
     return [np.array([start[0], start[1], cruise]), np.array([goal[0], goal[1], cruise]), goal]
@@ -150,11 +179,44 @@ def _rotation_error(rot: np.ndarray, home: np.ndarray) -> np.ndarray:
     return np.zeros(3) if norm < 1e-9 else axis / norm * angle
 
 
+def _plan_object_path(obj: np.ndarray, goal: np.ndarray, hazards: list[Box3], grow: float,
+                      zone: float) -> list[np.ndarray]:
+    """Aim points (xy, m) for the pushed object: straight to the goal when the swept object
+    clears every hazard (grown by ``grow``), else the shortest axis-aligned detour (sideways,
+    along, back) that does, ending anywhere within ``zone`` of the goal centre."""
+    flat = [(np.array([h[0][0], h[0][1], -1.0]), np.array([h[1][0], h[1][1], 1.0])) for h in hazards]
+
+    def clear(path: list[np.ndarray]) -> bool:
+        return all(not segment_hits_box(np.array([*a, 0.0]), np.array([*b, 0.0]), box, grow)
+                   for a, b in zip(path[:-1], path[1:]) for box in flat)
+
+    aims = [goal + np.array(v) * zone for v in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))]
+    paths = []
+    for aim in aims:
+        paths.append([obj, aim])
+        paths += [[obj, np.array([obj[0], aim[1]]), aim], [obj, np.array([aim[0], obj[1]]), aim]]
+        for side in (0.03, -0.03, 0.05, -0.05, 0.07, -0.07, 0.09, -0.09):
+            y = aim[1] + side
+            paths.append([obj, np.array([obj[0], y]), np.array([aim[0], y]), aim])
+    ok = [path for path in paths if clear(path)]
+    if not ok:
+        return [goal]
+    best = min(ok, key=lambda path: _path_length(path) + 0.15 * (len(path) - 2))
+    return best[1:]
+
+
 class ScriptedExpert:
-    """Computes the expert's action from an :class:`ExpertView`."""
+    """Computes the expert's action from an :class:`ExpertView`; call :meth:`reset` per episode."""
 
     def __init__(self, config: ExpertConfig | None = None) -> None:
         self.config = config or ExpertConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the pushed object's planned path (a new episode starts)."""
+        self._legs: list[np.ndarray] | None = None
+        self._leg = 0
+        self._yaw = 0.0
 
     def act(self, view: ExpertView) -> np.ndarray:
         """Action (7,) float32 in [-1, 1]: (dx, dy, dz, droll, dpitch, dyaw, gripper)."""
@@ -166,26 +228,44 @@ class ScriptedExpert:
             aim = self._push_aim(view)
         else:
             raise ValueError(f"unknown expert task {view.task!r}; expected 'reach' or 'push'")
-        return self._action(view, aim)
+        return self._action(view, aim, self._yaw if view.task == "push" else 0.0)
 
-    def _boxes(self, view: ExpertView, extra: list[tuple[Box3, float]]) -> list[tuple[Box3, float]]:
-        return [(box, self.config.clearance) for box in view.hazards + view.extra_hazards] + extra
+    def _boxes(self, view: ExpertView, goal: np.ndarray, extra: list[tuple[Box3, float]]) -> list[tuple[Box3, float]]:
+        """Hazards with their growth: ``clearance``, reduced (down to ``min_clearance``) for a box
+        the goal itself lies closer to (per-axis gap), so a goal near a hazard stays reachable."""
+        cfg, out = self.config, []
+        for box in view.hazards + view.extra_hazards:
+            gap = float(np.max(np.maximum(box[0] - goal, goal - box[1])))
+            out.append((box, min(cfg.clearance, max(cfg.min_clearance, gap - cfg.tolerance))))
+        return out + extra
 
     def _route(self, view: ExpertView, goal: np.ndarray, extra: list[tuple[Box3, float]]) -> np.ndarray:
-        boxes = self._boxes(view, extra)
+        boxes = self._boxes(view, goal, extra)
         ee = np.asarray(view.ee_pos, dtype=float)
         waypoints = plan(ee, goal, boxes, self.config.cruise_margin)
         return next_point(ee, waypoints, boxes, self.config.tolerance)
+
+    def _object_aim(self, view: ExpertView, obj: np.ndarray, half: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if self._legs is None:
+            grow = max(float(np.max(half[:2])), cfg.pusher_half_width) + cfg.object_clearance
+            self._legs = _plan_object_path(obj[:2], np.asarray(view.goal, float)[:2], view.hazards, grow,
+                                           cfg.zone_fraction * view.success_distance)
+        while self._leg < len(self._legs) - 1 and np.linalg.norm(self._legs[self._leg] - obj[:2]) < cfg.leg_tolerance:
+            self._leg += 1
+        return self._legs[self._leg]
 
     def _push_aim(self, view: ExpertView) -> np.ndarray:
         if view.object_pos is None or view.object_half is None or view.goal is None:
             raise ValueError("push task needs ExpertView.object_pos, object_half and goal")
         cfg = self.config
         obj, half = np.asarray(view.object_pos, float), np.asarray(view.object_half, float)
-        goal = np.asarray(view.goal, float)
-        to_goal = goal[:2] - obj[:2]
-        dist = float(np.linalg.norm(to_goal))
-        d = to_goal / max(dist, 1e-9)
+        aim_xy = self._object_aim(view, obj, half)
+        to_aim = aim_xy - obj[:2]
+        dist = float(np.linalg.norm(to_aim))
+        d = to_aim / max(dist, 1e-9)
+        # turn the gripper about the vertical so its finger bar (base y at home) lies along d
+        self._yaw = float((np.arctan2(d[1], d[0]) - np.pi / 2 + np.pi / 2) % np.pi - np.pi / 2)
         reach = float(np.abs(d[0]) * half[0] + np.abs(d[1]) * half[1]) + view.ee_radius
         push_z = obj[2] - cfg.push_depth
         ee = np.asarray(view.ee_pos, float)
@@ -193,24 +273,47 @@ class ScriptedExpert:
         along = float(rel @ d)
         lateral = float(np.linalg.norm(rel - along * d))
         behind = along < -(reach - 0.5 * cfg.push_standoff)
-        if behind and lateral < cfg.push_lateral_tolerance and abs(ee[2] - push_z) < 2 * cfg.tolerance + 0.01:
+        if behind and lateral < cfg.push_lateral_tolerance and abs(ee[2] - push_z) < 0.015:
             # pushing: move along d, steering back onto the line through the object's centre
             line_point = obj[:2] - d * reach
-            correction = line_point - (ee[:2] - (ee[:2] - line_point) @ d * d)
-            step = d * (dist + cfg.push_overshoot) + correction
+            off_line = (ee[:2] - line_point) - ((ee[:2] - line_point) @ d) * d
+            step = d * dist - off_line
             return np.array([ee[0] + step[0], ee[1] + step[1], push_z])
         pre = np.array([*(obj[:2] - d * (reach + cfg.push_standoff)), push_z])
         obj_box: Box3 = (obj - half, obj + half)
         return self._route(view, pre, [(obj_box, cfg.object_clearance + view.ee_radius)])
 
-    def _action(self, view: ExpertView, aim: np.ndarray) -> np.ndarray:
+    def _action(self, view: ExpertView, aim: np.ndarray, yaw: float = 0.0) -> np.ndarray:
         delta = aim - np.asarray(view.ee_pos, float)
         norm = float(np.linalg.norm(delta))
         if norm > view.step_limit:
             delta = delta / norm * view.step_limit
-        rot = _rotation_error(np.asarray(view.ee_rot, float), np.asarray(view.home_rot, float))
+        c, s_ = np.cos(yaw), np.sin(yaw)
+        rz = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
+        rot = _rotation_error(np.asarray(view.ee_rot, float), rz @ np.asarray(view.home_rot, float))
         out = np.zeros(7, dtype=np.float64)
         out[:3] = delta / view.translation_scale
         out[3:6] = np.clip(rot, -view.rotation_scale, view.rotation_scale) / view.rotation_scale
         out[6] = view.gripper
         return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def expert_view(world: Any, config: ExpertConfig) -> ExpertView:
+    """Build the expert's privileged view from a ``safetwin.twin.env.World`` (base frame)."""
+    scene, spec = world.scene, world.spec
+    ee_p, ee_r = world.ee_pose()
+    hazards = [world.object_box(o.name) for o in scene.objects if o.role in ("fragile", "obstacle")]
+    hazards += [(np.asarray(b.lo, float), np.asarray(b.hi, float)) for b in spec.keepout]
+    ctrl = scene.control
+    view = ExpertView(ee_pos=ee_p, ee_rot=ee_r, home_rot=world.home_rot, hazards=hazards,
+                      step_limit=config.speed_fraction * spec.ee_speed_max / ctrl.policy_hz,
+                      translation_scale=ctrl.action_pos_m, rotation_scale=ctrl.action_rot_rad,
+                      task="reach" if scene.task.success.type == "ee_in_zone" else "push",
+                      success_distance=scene.task.success.distance)
+    if view.task == "reach":
+        view.target = world.goal_position()
+    else:
+        lo, hi = world.object_box(world.target)
+        view.object_pos, view.object_half = world.object_pose(world.target)[0], (hi - lo) / 2.0
+        view.goal = world.goal_position()
+    return view

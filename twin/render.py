@@ -243,3 +243,14 @@ class ProxyRenderer:
     def close(self) -> None:
         if p.isConnected(self.client):
             p.disconnect(self.client)
+
+
+def rotvec_matrix(rotvec: np.ndarray) -> np.ndarray:
+    """Rotation matrix (3, 3) of an axis-angle vector (rad), Rodrigues' formula."""
+    v = np.asarray(rotvec, dtype=float)
+    angle = float(np.linalg.norm(v))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = v / angle
+    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + np.sin(angle) * kx + (1.0 - np.cos(angle)) * (kx @ kx)

@@ -168,6 +168,14 @@ def test_checkpoint_changed_after_evaluation_fails(tmp_path: Path) -> None:
     assert "TR-EVAL-CKPT" in failing(build_report(run, CFG, write=False))
 
 
+def test_evaluation_under_another_spec_fails(tmp_path: Path) -> None:
+    run = copy_run(tmp_path, "train_run")
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    summary["safety_spec_sha256"] = "a" * 64
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    assert failing(build_report(run, CFG, write=False)) == {"TR-EVAL-SPEC"}
+
+
 @pytest.mark.parametrize(("mutate", "message"), [
     (lambda p: p.write_text(p.read_text() + "{not json\n"), "episodes.jsonl:21: malformed JSON"),
     (lambda p: rewrite_jsonl(p, lambda r: [{k: v for k, v in x.items() if k != "cost"} for x in r]),

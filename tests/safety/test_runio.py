@@ -95,3 +95,10 @@ def test_new_run_dir_is_unique(tmp_path: Path) -> None:
     a, b = runio.new_run_dir(tmp_path), runio.new_run_dir(tmp_path)
     assert a != b and a.is_dir() and b.is_dir()
     assert os.path.commonpath([a, tmp_path]) == str(tmp_path)
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
+    path = runio.atomic_write_text(tmp_path / "r.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

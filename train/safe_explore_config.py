@@ -1,0 +1,88 @@
+"""``SafeExploreConfig``: the conservative safety critic, screening and recovery options.
+
+Kept free of torch imports so :mod:`safetwin.train.config` can nest it in ``TrainConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from safetwin.safety.runio import ConfigError
+
+
+@dataclass
+class SafeExploreConfig:
+    """Safe exploration after Conservative Safety Critics and Recovery RL (off by default).
+
+    enabled: screen every proposed chunk with the safety critic; recovery acts when none passes.
+    offline_episodes: twin episodes collected before PPO to pre-train critic and recovery
+        (perturbed-policy and random-policy rollouts under domain randomization).
+    random_fraction: share of the offline episodes driven by uniformly random chunks (the rest
+        are the pre-trained policy with Gaussian perturbation ``perturb_std`` on its chunk).
+    perturb_std: std of the perturbation added to the policy's chunk in offline episodes
+        (action units, the chunk is clipped to [-1, 1] afterwards).
+    heldout_fraction: share of the offline episodes kept out of training for calibration/AUC.
+    horizon_steps: H: a held-out transition is positive when a violation (cost > 0) happens
+        within the next H env steps (its own chunk included).
+    target_fnr: calibrated false-negative rate: the share of held-out positives whose Q_C is
+        <= epsilon (they would pass the screen).
+    max_resamples: N: proposals re-drawn from the policy after a rejected one; recovery acts
+        when all N + 1 are rejected.
+    gamma: per-decision discount of the violation probability Q_C.
+    hidden: width of the critic and recovery MLPs.
+    cql_alpha: weight of the conservative term (data actions down, out-of-distribution up).
+    n_ood: uniformly random action chunks per state in the conservative term.
+    critic_lr: Adam learning rate of the critic.
+    tau: Polyak factor of the two target critics.
+    batch_size: replay minibatch size (decisions).
+    offline_updates: critic (and recovery) gradient steps of the offline pre-training.
+    online_updates: gradient steps after every PPO iteration.
+    recovery_lr: Adam learning rate of the recovery policy.
+    recovery_action_reg: weight of an L2 penalty on the recovery chunk (prefers gentle moves).
+    replay_capacity: decisions kept in the safety replay buffer (oldest dropped first).
+    rejection_cost: extra cost given to the task policy's transition when its proposal was
+        rejected (0: the task policy learns from its proposals as in Recovery RL).
+    """
+
+    enabled: bool = False
+    offline_episodes: int = 40
+    random_fraction: float = 0.5
+    perturb_std: float = 0.5
+    heldout_fraction: float = 0.25
+    horizon_steps: int = 10
+    target_fnr: float = 0.1
+    max_resamples: int = 3
+    gamma: float = 0.8
+    hidden: int = 256
+    cql_alpha: float = 0.3
+    n_ood: int = 8
+    critic_lr: float = 3e-4
+    tau: float = 0.01
+    batch_size: int = 256
+    offline_updates: int = 2000
+    online_updates: int = 100
+    recovery_lr: float = 3e-4
+    recovery_action_reg: float = 0.01
+    replay_capacity: int = 100_000
+    rejection_cost: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("horizon_steps", "hidden", "n_ood", "batch_size", "replay_capacity"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.safe_explore.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("offline_episodes", "max_resamples", "offline_updates", "online_updates",
+                     "cql_alpha", "recovery_action_reg", "rejection_cost", "perturb_std"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.safe_explore.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("random_fraction", "gamma"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"train.safe_explore.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("heldout_fraction", "target_fnr", "tau"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"train.safe_explore.{name} must be in (0, 1), got {getattr(self, name)}")
+        for name in ("critic_lr", "recovery_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.safe_explore.{name} must be > 0, got {getattr(self, name)}")
+        if self.enabled and self.offline_episodes < 2:
+            raise ConfigError("train.safe_explore.offline_episodes must be >= 2 when enabled "
+                              "(training and held-out calibration episodes)")
