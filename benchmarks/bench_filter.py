@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from safetwin.safety.filter import FilterState, Nominal, SafetyFilter
 from safetwin.safety.filter_check import adversarial_run, random_safe_state
 from safetwin.safety.qp import CvxpyReference
 from safetwin.safety.runio import atomic_write_json
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "filter.json"

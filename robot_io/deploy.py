@@ -34,6 +34,7 @@ import numpy as np
 from safetwin.safety.events import EventLog
 from safetwin.safety.runio import ConfigError, JsonlWriter, atomic_write_json, new_run_dir, save_config
 
+from .deploy_camera import Observer, build_observer, gripper_opening, policy_image_size
 from .deploy_config import DeployConfig
 from .deploy_io import ArmStopActuator
 from .deploy_loop import ControlLoop
@@ -43,7 +44,6 @@ from .deploy_policy import (
     PolicyThread,
     ScriptedPolicy,
     StateBoard,
-    default_observe,
 )
 from .deploy_sim import SimRig
 from .deploy_summary import build_summary
@@ -83,7 +83,8 @@ class TelemetryWriter(threading.Thread):
 
 
 def _load_scene(cfg: DeployConfig, spec: Any, robot_model: Any) -> tuple[Any, Any, Any]:
-    if spec is not None and robot_model is not None:
+    """(scene or None, spec, robot model); the sim camera always needs the scene to render."""
+    if spec is not None and robot_model is not None and cfg.camera_mode != "sim":
         return None, spec, robot_model
     try:
         from safetwin.twin.kinematics import Kinematics
@@ -91,6 +92,8 @@ def _load_scene(cfg: DeployConfig, spec: Any, robot_model: Any) -> tuple[Any, An
     except ImportError as exc:
         raise ConfigError(f"deploy.scene: cannot load scene {cfg.scene!r}: the twin is not available ({exc})") from exc
     scene = load_scene(cfg.scene)
+    if spec is not None and robot_model is not None:
+        return scene, spec, robot_model
     return scene, scene.safety, Kinematics.for_scene(scene)
 
 
@@ -156,6 +159,8 @@ class _Run:
         self.telemetry = TelemetryWriter(run_dir / "telemetry.jsonl")
         self.telemetry.start()
         self.sim: SimRig | None = None
+        self.scene: Any = None
+        self.observer: Observer | None = None
         self.arm: Any = None
         self.monitor: Any = None
         self.spec: Any = None
@@ -181,13 +186,17 @@ def _setup(run: _Run, policy: Any, spec: Any, robot_model: Any, arm: Any,
 
     cfg = run.cfg
     scene, spec, model = _load_scene(cfg, spec, robot_model)
-    run.spec = spec
+    run.spec, run.scene = spec, scene
     policy_fn = _load_policy(cfg, scene, policy)
     if cfg.port == "sim" or cfg.estop_port == "sim":
         run.sim = SimRig(cfg.scene, bus=cfg.port == "sim" and arm is None, estop=cfg.estop_port == "sim",
                          servos=sim_servos, robot=virtual_robot)
     run.arm = _connect_arm(cfg, run.sim, arm)
     _check_startup(cfg, run.arm, spec)
+    run.observer = build_observer(cfg, scene, spec.joint_names, run.sim.robot if run.sim else None,
+                                  cfg.camera_size or policy_image_size(policy_fn))
+    if run.sim is not None:
+        run.sim.camera = run.observer.camera
     safety_filter = SafetyFilter.from_spec(spec, model, cfg.dt)
     estop_port = run.sim.estop.port if cfg.estop_port == "sim" else cfg.estop_port
     run.monitor = EStopMonitor(estop_port, stale_after_s=cfg.estop_stale_s).start()
@@ -200,7 +209,7 @@ def _setup(run: _Run, policy: Any, spec: Any, robot_model: Any, arm: Any,
     run.loop = ControlLoop(cfg, run.arm, run.sup, safety_filter, spec, mailbox, board, actuator, model)
     run.sup.watch_heartbeat("policy")
     run.policy_thread = PolicyThread(run.injector, cfg.policy_hz, board, mailbox,
-                                     lambda: run.sup.heartbeat("policy"), default_observe(cfg.instruction))
+                                     lambda: run.sup.heartbeat("policy"), run.observer)
     run.policy_thread.start()
 
 
@@ -281,6 +290,8 @@ def _shutdown(run: _Run, status: str) -> dict[str, Any]:
             logger.error("disconnect failed: %s", exc)
     if run.policy_thread is not None:
         run.policy_thread.join(timeout=5.0)
+    if run.observer is not None:
+        run.observer.close()
     if run.monitor is not None:
         run.monitor.close()
     run.telemetry.finish()
@@ -292,6 +303,7 @@ def _shutdown(run: _Run, status: str) -> dict[str, Any]:
     summary["event_log"] = {"records": run.log.count, "head_sha256": run.log.head_sha256,
                             "failed": run.log.failed}
     summary["events_head_sha256"] = run.log.head_sha256  # the audit's anchor for verify_chain
+    summary["camera"] = {"mode": cfg.camera_mode, "frames": run.observer.frames if run.observer else 0}
     if run.sim is not None:
         run.sim.close()
     atomic_write_json(run.dir / "summary.json", summary)
@@ -354,6 +366,7 @@ def _wait_and_arm(run: _Run, timeout_s: float = 2.0) -> None:
             logger.warning("state read before arming failed (retrying): %s", exc)
             time.sleep(0.01)
             continue
+        _note_gripper(run, obs)
         ctrl = run.loop.ctrl
         run.loop.board.put(obs["t_mono"], np.asarray(obs["position"], dtype=float)[ctrl],
                            np.asarray(obs["velocity"], dtype=float)[ctrl])
@@ -364,3 +377,14 @@ def _wait_and_arm(run: _Run, timeout_s: float = 2.0) -> None:
         time.sleep(0.01)
     if run.cfg.auto_arm and not run.abort and not run.sup.arm("auto_arm"):
         logger.warning("auto-arm refused: %s", run.sup.summary()["persisting"])
+
+
+def _note_gripper(run: _Run, obs: dict[str, Any]) -> None:
+    """Proprio's gripper opening from the measured finger position (m): the runner holds the
+    gripper where it is, so the value read before arming stays valid for the run."""
+    grip = getattr(getattr(run.scene, "robot", None), "gripper", None)
+    names = tuple(run.arm.joint_names)
+    if grip is None or "gripper" not in names or run.observer is None:
+        return
+    position = float(np.asarray(obs["position"], dtype=float)[names.index("gripper")])
+    run.observer.set_gripper(gripper_opening(position, grip.open, grip.closed))

@@ -220,6 +220,11 @@ class Observer:
             raise ValueError(f"gripper opening must be in [0, 1], got {opening}")
         self.opening = float(opening)
 
+    def close(self) -> None:
+        """Close the camera (after the policy thread has stopped)."""
+        if self.camera is not None:
+            self.camera.close()
+
     def __call__(self, state: Mapping[str, Any]) -> dict[str, Any]:
         q, dq = np.asarray(state["q"], dtype=float), np.asarray(state["dq"], dtype=float)
         if self.order is not None:

@@ -115,14 +115,15 @@ class SafetyFilterWrapper(gym.Wrapper):
             self._filters[key] = SafetyFilter.from_spec(self.filter_spec, self.robot_model, key, solver=self.solver)
         return self._filters[key]
 
-    def _obstacles(self) -> tuple[Obstacle, ...] | None:
+    def current_obstacles(self) -> tuple[Obstacle, ...] | None:
+        """Obstacle poses (base frame) from the env's current spec, or None to use the filter spec's."""
         current = getattr(self.env.unwrapped, self._spec_attr, None) if self._spec_attr else None
         return current.obstacles if isinstance(current, SafetySpec) else None
 
     def command_filter(self, q: np.ndarray, dq: np.ndarray, qd_nominal: np.ndarray, dt: float) -> np.ndarray:
         """The hook: certify ``qd_nominal`` (rad/s) at ``(q, dq)``; returns what must be applied."""
         filt = self.filter_for(dt)
-        state = FilterState(np.asarray(q, float), np.asarray(dq, float), self._obstacles())
+        state = FilterState(np.asarray(q, float), np.asarray(dq, float), self.current_obstacles())
         qd, report = filt.certify(state, Nominal.joint(np.asarray(qd_nominal, float)))
         self.stats.add(report, self.intervention_tol)
         self.last_command, self.last_report, self.last_dt = qd, report, float(dt)

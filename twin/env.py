@@ -28,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 import pybullet as p
 
+from safetwin.safety.spec import Obstacle, SafetySpec
 from safetwin.twin.costs import CostMonitor, TaskReward
 from safetwin.twin.expert import ScriptedExpert, expert_view
 from safetwin.twin.kinematics import Kinematics
@@ -90,6 +91,17 @@ class World:
         self.hazards = {self.body[o.name]: o.role for o in objs if o.role in ("fragile", "obstacle")}
         self.target = self.scene.task.targets[0]
         self.home_rot = self.kin.ee_pose(robot.home)[1]
+        self._initial_state = p.saveState(physicsClientId=c)
+
+    def current_spec(self) -> SafetySpec:
+        """The scene's spec with its obstacles at the objects' present poses (base frame)."""
+        nominal = {o.name: o for o in self.spec.obstacles}
+        obstacles = []
+        for name, ob in nominal.items():
+            lo, hi = self.object_box(name)
+            obstacles.append(Obstacle(name=name, role=ob.role, center=tuple(float(v) for v in (lo + hi) / 2),
+                                      half_extents=tuple(float(v) for v in (hi - lo) / 2), radius=ob.radius))
+        return self.spec.with_obstacles(obstacles)
 
     def bodies(self) -> list[int]:
         return [self.table, self.robot, *self.body.values()]
@@ -98,6 +110,7 @@ class World:
         """Home the robot and place every object at its (jittered) pose with its sampled
         dynamics and colour."""
         c, robot = self.client, self.scene.robot
+        p.restoreState(stateId=self._initial_state, physicsClientId=c)  # also clears contact caches
         for jid, home in zip(self.joint_ids, robot.home):
             p.resetJointState(self.robot, jid, float(home), 0.0, physicsClientId=c)
         p.setJointMotorControlArray(self.robot, self.joint_ids, p.POSITION_CONTROL,
@@ -274,14 +287,14 @@ class TwinEnv(gym.Env):
         self.world = World(scene)
         if self.wrist_camera and self.world.scene.wrist_camera is None:
             raise ValueError(f"{self.world.scene.path}: wrist_camera=True but the scene has no cameras.wrist")
-        self.scene, self.spec, self.kin = self.world.scene, self.world.spec, self.world.kin
+        self.scene, self.safety_spec, self.kin = self.world.scene, self.world.spec, self.world.kin
         self.reward_fn = TaskReward(self.scene.task, success_bonus, gamma, shaping_scale)
         self.command_filter: CommandFilter | None = None
         self.expert = ScriptedExpert()
         w = self.world
         use_proxy = renderer == "proxy" or (renderer == "auto" and has_meshes(w.client, w.bodies()))
         self.renderer = ProxyRenderer(w.client, w.bodies()) if use_proxy else DirectRenderer(w.client)
-        self.costs = CostMonitor(self.spec, w.client, w.robot, w.hazards)
+        self.costs = CostMonitor(self.safety_spec, w.client, w.robot, w.hazards)
         spaces: dict[str, gym.Space] = {}
         if self.images:
             spaces["image"] = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -298,6 +311,11 @@ class TwinEnv(gym.Env):
         self.last_command: dict[str, np.ndarray] = {}
         self._front, self._light = self._episode_camera()
 
+    @property
+    def robot_model(self) -> Kinematics:
+        """The robot's kinematics (a ``safetwin.safety.robot_model.RobotModel``), base frame."""
+        return self.kin
+
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
@@ -305,6 +323,7 @@ class TwinEnv(gym.Env):
         self.params = sample(self.scene.randomization, rng, w.object_names, w.n_joints, self.randomize)
         w.reset_state(self.params)
         self.instruction = w.choose_target(rng)
+        self.safety_spec = w.current_spec()
         self.renderer.sync_colors()
         zero = np.zeros(6)
         self._increments = deque(zero for _ in range(self.params.action_latency))
@@ -336,7 +355,7 @@ class TwinEnv(gym.Env):
         info = self._info(success=success)
         info["action_fault"] = fault
         severe = (self.terminate_on_collision and info["costs"]["collision"] > 0
-                  and info["max_contact_force"] > self.spec.contact_force_max)
+                  and info["max_contact_force"] > self.safety_spec.contact_force_max)
         terminated = bool(success or severe)
         truncated = bool(not terminated and self._t >= self.scene.task.time_limit)
         return self._obs(), float(reward), terminated, truncated, info

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from safetwin.safety.filter import FilterConfigError, FilterState, Nominal, SafetyFilter, spec_with_filter
 from safetwin.safety.qp import DaqpSolver, QPResult
 from safetwin.safety.spec import Box, JointLimit, Obstacle

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from safetwin.safety.filter import FilterState, Nominal, SafetyFilter, spec_with_filter
 from safetwin.safety.filter_check import adversarial_run, barrier_values, random_safe_state, step_violations
 from safetwin.safety.spec import Box, FilterParams, JointLimit, Obstacle, SafetySpec

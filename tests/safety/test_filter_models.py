@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from safetwin.safety.robot_model import RobotModel
 from safetwin.safety.spec import Box, FilterParams, JointLimit, Obstacle, SafetySpec
 

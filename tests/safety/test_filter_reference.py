@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from safetwin.safety.filter import FilterState, Nominal, SafetyFilter
 from safetwin.safety.qp import CvxpyReference, DaqpSolver, QPProblem, QuadprogSolver
 

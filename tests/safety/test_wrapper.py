@@ -16,6 +16,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from safetwin.safety.filter import FilterConfigError, FilterState, Nominal, SafetyFilter
 from safetwin.safety.wrapper import SafetyFilterWrapper
 
@@ -150,7 +151,7 @@ def test_b1_twin_env_applies_certified_command_bit_for_bit() -> None:
             assert applied["applied"].tobytes() == env.last_command.tobytes()
             check = check if check.dt == env.last_dt else check.__class__.from_spec(
                 env.filter_spec, env.robot_model, env.last_dt)
-            state = FilterState(applied["q"], applied["dq"], env._obstacles())
+            state = FilterState(applied["q"], applied["dq"], env.current_obstacles())
             again, _ = check.certify(state, Nominal.joint(applied["nominal"]))
             assert again.tobytes() == applied["applied"].tobytes()
             assert info["filter"]["steps"] >= 1

@@ -1,0 +1,146 @@
+"""Screening of proposals by the safety critic and the recovery fallback (scenario C6), on the
+point mass of test_safety_critic, plus the safe-explore checkpoint round trip."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from safetwin.train.checkpoint import CheckpointError, save_policy
+from safetwin.train.policy import CompactVLA, PolicyConfig
+from safetwin.train.recovery import RecoveryPolicy
+from safetwin.train.safe_explore_data import SafeExploreLearner
+from safetwin.train.safe_explore_features import PolicyFeaturizer
+from safetwin.train.safe_explore_io import load_safe_explore, save_safe_explore
+from safetwin.train.safety_critic import SafetyCritic
+from safetwin.train.screening import SafeExploreScreen
+
+from .conftest import tiny_scene
+from .test_safety_critic import train_wall_critic, wall_episodes
+
+EPS = 0.5
+
+
+def feat_of(obs: dict) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(obs["proprio"], np.float32)).reshape(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def learner() -> SafeExploreLearner:
+    torch.set_num_threads(1)
+    return train_wall_critic(0.3, wall_episodes(500, np.random.default_rng(2)), updates=1200, seed=1)
+
+
+@pytest.fixture
+def screen(learner: SafeExploreLearner) -> SafeExploreScreen:
+    return SafeExploreScreen(learner.critic, learner.recovery, feat_of, EPS, 3, (1, 1))
+
+
+def point(x: float) -> dict:
+    return {"proprio": np.array([x], np.float32), "instruction": "stay left of the wall"}
+
+
+def test_never_executes_above_epsilon_when_a_candidate_passed_c6(screen: SafeExploreScreen) -> None:
+    """C6: whenever a proposal passed, the executed chunk is that proposal and its Q_C <= eps;
+    every earlier proposal of the same decision was above eps."""
+    rng = np.random.default_rng(0)
+    resampled_then_passed = 0
+    for x in rng.uniform(0.5, 0.79, 150):
+        chunk, info = screen.screen(point(x), lambda _o: rng.uniform(-1, 1, (1, 1)))
+        if info.accepted:
+            q = screen.q(feat_of(point(x)), chunk[None])[0]
+            assert q <= EPS and info.q_executed == pytest.approx(q)
+            assert np.array_equal(chunk, info.proposed)
+            assert all(qp > EPS for qp in info.q_proposals[:-1])
+            resampled_then_passed += len(info.q_proposals) > 1
+        else:
+            assert info.recovery and len(info.q_proposals) == 4
+    assert resampled_then_passed > 10
+
+
+def test_batch_screen_same_guarantee_c6(screen: SafeExploreScreen) -> None:
+    """C6, training path: accepted rows execute their own proposal with Q_C <= eps."""
+    rng = np.random.default_rng(1)
+    xs = rng.uniform(0.5, 0.79, 64).astype(np.float32)
+    obs = {"proprio": xs[:, None], "instruction": ["stay left"] * 64}
+
+    def propose(o: dict) -> tuple[np.ndarray, np.ndarray]:
+        n = len(o["proprio"])
+        return rng.uniform(-1, 1, (n, 1, 1)).astype(np.float32), np.zeros(n, np.float32)
+
+    out = screen.screen_batch(obs, propose)
+    assert out.accepted.any() and (~out.accepted).any()
+    assert np.all(out.q_executed[out.accepted] <= EPS)
+    assert np.array_equal(out.executed[out.accepted], out.proposed[out.accepted])
+    assert np.all(out.rejections[out.recovered] == 4)
+
+
+def test_recovery_acts_and_is_logged_when_nothing_passes_c6(screen: SafeExploreScreen,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """C6: all proposals cross the wall -> the recovery chunk (moving back) is executed, logged."""
+    rng = np.random.default_rng(3)
+    with caplog.at_level(logging.INFO, logger="safetwin.train.screening"):
+        chunk, info = screen.screen(point(0.75), lambda _o: rng.uniform(0.9, 1.0, (1, 1)))
+    assert info.recovery and not info.accepted and info.fault == ""
+    assert len(info.q_proposals) == 4 and min(info.q_proposals) > EPS and info.rejections == 4
+    assert np.allclose(chunk, screen.recovery.act(feat_of(point(0.75))).reshape(1, 1))
+    assert chunk[0, 0] < 0 and info.q_executed < min(info.q_proposals)
+    assert "recovery acts" in caplog.text
+
+
+def test_faults_fail_closed_c6(screen: SafeExploreScreen) -> None:
+    """C6: a failing proposer hands over to recovery; broken features or recovery hold still."""
+    def boom(_o: dict) -> np.ndarray:
+        raise RuntimeError("policy thread died")
+
+    _, info = screen.screen(point(0.0), boom)
+    assert info.recovery and info.q_proposals == ()
+    _, info = screen.screen(point(0.0), lambda _o: np.full((1, 1), np.nan))
+    assert info.recovery
+    broken = SafeExploreScreen(screen.critic, screen.recovery, lambda _o: torch.full((1, 1), float("nan")),
+                               EPS, 3, (1, 1))
+    chunk, info = broken.screen(point(0.0), lambda _o: np.zeros((1, 1)))
+    assert not info.accepted  # a NaN score is never accepted
+    bad_rec = RecoveryPolicy(1, 1, 8)
+    with torch.no_grad():
+        bad_rec.net[-1].bias.fill_(float("nan"))
+    no_rec = SafeExploreScreen(screen.critic, bad_rec, feat_of, EPS, 1, (1, 1))
+    chunk, info = no_rec.screen(point(0.78), lambda _o: np.ones((1, 1)))
+    assert info.fault.startswith("recovery policy failed") and np.all(chunk == 0.0)
+
+
+def test_deterministic_proposer_is_not_resampled(screen: SafeExploreScreen) -> None:
+    _, info = screen.screen(point(0.77), lambda _o: np.ones((1, 1)))
+    assert info.recovery and len(info.q_proposals) == 2
+
+
+def test_checkpoint_roundtrip_and_refusals_c6(tmp_path) -> None:  # noqa: ANN001
+    """C6 at deployment: the saved screen reloads (next to the policy checkpoint) and decides
+    identically; a spec mismatch is refused."""
+    torch.manual_seed(0)
+    scene = tiny_scene()
+    policy = CompactVLA(PolicyConfig(proprio_dim=4, privileged_dim=0, chunk_len=2, hidden=32, feat_dim=16))
+    feat = PolicyFeaturizer(policy)
+    critic, rec = SafetyCritic(32, 14, 32), RecoveryPolicy(32, 14, 32)
+    screen = SafeExploreScreen(critic, rec, feat, 0.05, 2, (2, 7))
+    save_policy(tmp_path / "policy.safetensors", policy, safety_spec_sha256=scene.safety.sha256(),
+                scene={"name": "tiny", "path": "x"}, step=0, lam=0.0, config={})
+    save_safe_explore(tmp_path / "safe_explore.safetensors", screen, safety_spec_sha256=scene.safety.sha256(),
+                      extra={"calibration": {"auc": 0.9}})
+    loaded = load_safe_explore(tmp_path / "policy.safetensors", scene=scene)
+    rng = np.random.default_rng(0)
+    obs = {"image": rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+           "proprio": rng.normal(size=4).astype(np.float32), "instruction": "reach the green target"}
+    prop = np.linspace(-1, 1, 14, dtype=np.float32).reshape(2, 7)
+    a, ia = screen.screen(obs, lambda _o: prop)
+    b, ib = loaded.screen(obs, lambda _o: prop)
+    assert np.array_equal(a, b) and ia.q_proposals == pytest.approx(ib.q_proposals)
+    assert loaded.meta["calibration"]["auc"] == 0.9 and loaded.epsilon == 0.05
+    other = tiny_scene(cost_limit=5.0)
+    with pytest.raises(CheckpointError, match="safety spec mismatch"):
+        load_safe_explore(tmp_path / "safe_explore.safetensors", scene=other)
+    (tmp_path / "safe_explore.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no safe_explore.safetensors"):
+        load_safe_explore(tmp_path / "policy.safetensors")

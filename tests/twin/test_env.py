@@ -1,0 +1,184 @@
+"""TwinEnv on real pybullet: API conformance, determinism, costs, command filter, vector envs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import safetwin.twin.registration  # noqa: F401
+from safetwin.twin.env import TwinEnv
+from safetwin.twin.wrappers import SafetyGymWrapper
+
+
+@pytest.fixture(scope="module")
+def reach() -> TwinEnv:
+    env = TwinEnv("reach_avoid", randomize=False)
+    yield env
+    env.close()
+
+
+def _drive_to(env: TwinEnv, goal: np.ndarray, steps: int, gain: float = 1.0) -> list[dict]:
+    """Proportional EE servo toward ``goal`` (m, base); returns the infos."""
+    infos = []
+    for _ in range(steps):
+        ee = env.world.ee_pose()[0]
+        act = np.zeros(7, np.float32)
+        act[:3] = np.clip(gain * (goal - ee) / env.scene.control.action_pos_m, -1, 1)
+        infos.append(env.step(act)[4])
+    return infos
+
+
+@pytest.mark.parametrize("scene", ["reach_avoid", "tabletop_push"])
+def test_check_env(scene: str) -> None:
+    env = TwinEnv(scene)
+    check_env(env, skip_render_check=True)
+    env.close()
+
+
+def test_make_and_spaces() -> None:
+    env = gym.make("safetwin/Twin-v0", scene="tabletop_push")
+    obs, info = env.reset(seed=3)
+    assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
+    assert obs["image"].std() > 5.0  # a real rendered scene, not a blank frame
+    assert obs["proprio"].dtype == np.float32 and obs["proprio"].shape == (13,)
+    assert "cube" in obs["instruction"] and env.observation_space.contains(obs)
+    assert set(info["costs"]) == {"collision", "keepout", "ee_speed", "joint_limit", "force"}
+    assert info["privileged"].dtype == np.float32 and "randomization" in info
+    env.close()
+
+
+def test_same_seed_same_rollout() -> None:
+    runs = []
+    for _ in range(2):
+        env = TwinEnv("tabletop_push")
+        obs, info = env.reset(seed=11)
+        rng = np.random.default_rng(0)
+        trace = [obs["image"].copy(), obs["proprio"].copy(), obs["instruction"]]
+        for _ in range(6):
+            obs, r, *_, info = env.step(rng.uniform(-1, 1, 7).astype(np.float32))
+            trace += [obs["image"].copy(), obs["proprio"].copy(), r, info["privileged"].copy(), info["cost"]]
+        runs.append(trace)
+        env.close()
+    for a, b in zip(*runs):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    other = TwinEnv("tabletop_push")
+    obs, _ = other.reset(seed=12)
+    assert not np.array_equal(obs["proprio"], runs[0][1]) or obs["instruction"] != runs[0][2]
+    other.close()
+
+
+def test_full_speed_action_exceeds_ee_speed_limit(reach: TwinEnv) -> None:
+    """Scenario A4 (teleport-like full action): the twin's cost flags the over-speed."""
+    reach.reset(seed=0)
+    infos = [reach.step(np.array([1, 1, 1, 0, 0, 0, -1], np.float32))[4] for _ in range(3)]
+    assert max(i["ee_speed"] for i in infos) > reach.safety_spec.ee_speed_max
+    assert any(i["costs"]["ee_speed"] == 1.0 for i in infos)
+
+
+def test_slow_motion_has_no_speed_cost(reach: TwinEnv) -> None:
+    reach.reset(seed=0)
+    infos = [reach.step(np.array([0.3, 0, 0, 0, 0, 0, -1], np.float32))[4] for _ in range(5)]
+    assert all(i["costs"]["ee_speed"] == 0.0 for i in infos)
+    assert all(i["cost"] == 0.0 for i in infos)
+
+
+def test_collision_cost_when_driving_into_glass(reach: TwinEnv) -> None:
+    reach.reset(seed=0)
+    glass = reach.world.object_pose("glass")[0]
+    infos = _drive_to(reach, glass, 30, gain=0.5)
+    assert any(i["costs"]["collision"] == 1.0 for i in infos)
+    assert min(i["min_fragile_distance"] for i in infos) <= 0.0
+
+
+def test_keepout_cost(reach: TwinEnv) -> None:
+    reach.reset(seed=0)
+    box = reach.safety_spec.keepout[0]
+    centre = (np.asarray(box.lo) + np.asarray(box.hi)) / 2
+    infos = _drive_to(reach, np.array([centre[0], centre[1], 0.22]), 40, gain=0.5)
+    assert any(i["costs"]["keepout"] == 1.0 for i in infos)
+    assert all(i["costs"]["collision"] == 0.0 for i in infos)
+
+
+def test_force_cost_pressing_on_table(reach: TwinEnv) -> None:
+    reach.reset(seed=0)
+    ee = reach.world.ee_pose()[0]
+    infos = _drive_to(reach, np.array([ee[0], ee[1] - 0.12, -0.2]), 30, gain=0.5)
+    assert max(i["max_contact_force"] for i in infos) > reach.safety_spec.contact_force_max
+    assert any(i["costs"]["force"] == 1.0 for i in infos)
+
+
+def test_joint_limit_cost_and_filter_output_applied_exactly(reach: TwinEnv) -> None:
+    """Scenario B1 (applied == filter output bit for bit) and the joint_limit cost."""
+    reach.reset(seed=0)
+    seen = []
+
+    def over_speed(q, dq, qd, dt):  # noqa: ANN001, ANN202
+        out = np.zeros_like(qd)
+        out[0] = 1.2 * reach.safety_spec.joints[0].velocity + 1e-3 * np.sin(len(seen))
+        seen.append(out.copy())
+        return out
+
+    reach.command_filter = over_speed
+    try:
+        info = reach.step(np.zeros(7, np.float32))[4]
+    finally:
+        reach.command_filter = None
+    assert info["costs"]["joint_limit"] == 1.0
+    applied = reach.last_command["applied"]
+    assert applied.tobytes() == seen[-1].tobytes()
+    assert len(seen) == reach.world.control_steps
+
+
+def test_filter_fault_brakes(reach: TwinEnv) -> None:
+    """Scenario B5: a filter that throws or returns NaN brakes the arm; the nominal never passes."""
+    for bad in (lambda *a: 1 / 0, lambda q, dq, qd, dt: np.full_like(qd, np.nan), lambda *a: np.zeros(2)):
+        reach.reset(seed=0)
+        q0 = reach.world.joint_state()[0]
+        reach.command_filter = bad
+        try:
+            info = reach.step(np.array([1, 0, 0, 0, 0, 0, -1], np.float32))[4]
+        finally:
+            reach.command_filter = None
+        assert info["filter_faults"] == reach.world.control_steps
+        assert np.all(reach.last_command["applied"] == 0.0)
+        assert np.linalg.norm(reach.world.joint_state()[0] - q0) < 0.02
+
+
+def test_nan_action_holds(reach: TwinEnv) -> None:
+    """Scenario A1: a non-finite action is replaced by hold."""
+    reach.reset(seed=0)
+    ee0 = reach.world.ee_pose()[0]
+    *_, info = reach.step(np.array([np.nan, 1, 1, 0, 0, 0, 0], np.float32))
+    assert info["action_fault"] is True
+    assert np.linalg.norm(reach.world.ee_pose()[0] - ee0) < 0.005
+    with pytest.raises(ValueError, match="shape"):
+        reach.step(np.zeros(5, np.float32))
+
+
+def test_safety_gym_wrapper_six_tuple() -> None:
+    env = SafetyGymWrapper(TwinEnv("reach_avoid", images=False))
+    env.reset(seed=1)
+    obs, reward, cost, terminated, truncated, info = env.step(np.ones(7, np.float32))
+    assert "image" not in obs and cost == info["cost"] and isinstance(cost, float)
+    env.close()
+
+
+@pytest.mark.parametrize("vector", ["async", "sync"])
+def test_vector_env_instructions_intact(vector: str) -> None:
+    fns = [lambda: gym.make("safetwin/Twin-v0", scene="tabletop_push") for _ in range(2)]
+    venv = (gym.vector.AsyncVectorEnv(fns, shared_memory=False) if vector == "async"
+            else gym.vector.SyncVectorEnv(fns))
+    try:
+        obs, _ = venv.reset(seed=[5, 6])
+        single = [TwinEnv("tabletop_push"), TwinEnv("tabletop_push")]
+        expected = [e.reset(seed=s)[0]["instruction"] for e, s in zip(single, (5, 6))]
+        for e in single:
+            e.close()
+        assert list(obs["instruction"]) == expected
+        assert all(len(text) > 10 for text in obs["instruction"])
+        obs, *_ = venv.step(np.zeros((2, 7), np.float32))
+        assert obs["image"].shape == (2, 64, 64, 3) and list(obs["instruction"]) == expected
+    finally:
+        venv.close()

@@ -1,0 +1,89 @@
+"""Saving and loading the safe-exploration screen (critic + recovery + featurizer + epsilon).
+
+``<dir>/safe_explore.safetensors`` (tensors ``critic.*``, ``recovery.*``, ``feat.*``, the frozen
+policy copy that computes the critic's features) and its JSON sidecar (kind ``safe_explore``,
+sizes, epsilon, max_resamples, chunk shape, calibration, the featurizer's policy class and
+hyper-parameters, the safety-spec hash). Written with the checkpoint module's atomic
+weights-then-sidecar pair; never pickle.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError, load_tensors, save_tensors
+from .recovery import RecoveryPolicy
+from .safe_explore_features import PolicyFeaturizer
+from .safety_critic import SafetyCritic
+from .screening import SafeExploreScreen
+
+FILE_NAME = "safe_explore.safetensors"
+
+
+def save_safe_explore(path: str | os.PathLike[str], screen: SafeExploreScreen, *,
+                      safety_spec_sha256: str, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``screen`` (its featurizer must be a :class:`PolicyFeaturizer`) to ``path``."""
+    feat = screen.featurize
+    if not isinstance(feat, PolicyFeaturizer):
+        raise TypeError("save_safe_explore: only a PolicyFeaturizer can be saved with the critic")
+    tensors = {**{f"critic.{k}": v for k, v in screen.critic.state_dict().items()},
+               **{f"recovery.{k}": v for k, v in screen.recovery.state_dict().items()},
+               **{f"feat.{k}": v for k, v in feat.policy.state_dict().items()}}
+    meta = {"kind": "safe_explore", "feature_dim": screen.critic.feature_dim,
+            "action_dim": screen.critic.action_dim, "hidden": screen.critic.hidden,
+            "recovery_hidden": screen.recovery.hidden, "epsilon": screen.epsilon,
+            "max_resamples": screen.max_resamples, "chunk_shape": list(screen.chunk_shape),
+            "featurizer": feat.meta, "safety_spec_sha256": safety_spec_sha256,
+            "extra": {**screen.meta, **dict(extra or {})}}
+    return save_tensors(path, tensors, meta)
+
+
+def _resolve(path: Path) -> Path:
+    """A safe-explore file, or the ``safe_explore.safetensors`` next to a policy checkpoint."""
+    if path.name == FILE_NAME or path.with_suffix(".json").name == "safe_explore.json":
+        return path
+    sibling = path.parent / FILE_NAME
+    if not sibling.is_file():
+        raise CheckpointError(f"{path}: no {FILE_NAME} next to this checkpoint (train with "
+                              "safe_explore.enabled=true to get a safety critic and recovery policy)")
+    return sibling
+
+
+def load_safe_explore(checkpoint_path: str | os.PathLike[str], scene: Any = None) -> SafeExploreScreen:
+    """Load the screen saved with a training run (eval mode).
+
+    ``checkpoint_path``: the ``safe_explore.safetensors`` file or a policy checkpoint next to
+    it. With ``scene`` given, the safety-spec hash must match ``scene.safety.sha256()``.
+    Use: ``chunk, info = screen.screen(obs, propose_fn)`` before the QP filter.
+    """
+    path = _resolve(Path(checkpoint_path))
+    tensors, meta = load_tensors(path)
+    if meta.get("kind") != "safe_explore":
+        raise CheckpointError(f"{path}: kind {meta.get('kind')!r} is not a safe_explore checkpoint")
+    if scene is not None and meta.get("safety_spec_sha256") != scene.safety.sha256():
+        raise CheckpointError(f"{path}: safety spec mismatch: critic trained with spec sha256 "
+                              f"{meta.get('safety_spec_sha256')}, scene has {scene.safety.sha256()}")
+    from .checkpoint import build_policy
+
+    try:
+        feat_policy = build_policy(meta["featurizer"])
+        feat_policy.load_state_dict(_prefixed(tensors, "feat."), strict=True)
+        featurizer = PolicyFeaturizer(feat_policy, meta["featurizer"])
+        critic = SafetyCritic(int(meta["feature_dim"]), int(meta["action_dim"]), int(meta["hidden"]))
+        critic.load_state_dict(_prefixed(tensors, "critic."), strict=True)
+        recovery = RecoveryPolicy(int(meta["feature_dim"]), int(meta["action_dim"]), int(meta["recovery_hidden"]))
+        recovery.load_state_dict(_prefixed(tensors, "recovery."), strict=True)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: does not fit the safe-explore networks: {exc}") from exc
+    chunk = meta["chunk_shape"]
+    screen = SafeExploreScreen(critic.eval(), recovery.eval(), featurizer, float(meta["epsilon"]),
+                               int(meta["max_resamples"]), (int(chunk[0]), int(chunk[1])))
+    screen.meta = dict(meta.get("extra", {}))
+    return screen
+
+
+def _prefixed(tensors: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
