@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from safetwin.safety.events import EventLog
 from safetwin.safety.runio import ConfigError, JsonlWriter, atomic_write_json, new_run_dir, save_config
 
@@ -108,7 +109,13 @@ def _load_policy(cfg: DeployConfig, scene: Any, policy: Any) -> Callable[[Any], 
     if scene is None:
         raise ConfigError("deploy.checkpoint: a checkpoint needs the scene (spec hash and observation)")
     check_deploy_gate(cfg.checkpoint, scene.safety.sha256(), cfg.port, accept_unaudited=cfg.accept_unaudited)
-    return load_policy(cfg.checkpoint, scene).predict
+    vla = load_policy(cfg.checkpoint, scene)
+    # one inference before the policy thread starts: torch's and the language encoder's first call
+    # can outlast the heartbeat timeout (D3) and would block arming
+    size = cfg.camera_size or vla.cfg.image_size
+    vla.predict({"image": np.zeros((size, size, 3), np.uint8), "proprio": np.zeros(vla.cfg.proprio_dim, np.float32),
+                 "instruction": cfg.instruction})
+    return vla.predict
 
 
 def _check_startup(cfg: DeployConfig, arm: Any, spec: Any) -> None:

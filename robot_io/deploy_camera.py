@@ -107,6 +107,7 @@ class TwinCamera:
     def __init__(self, scene: Any, joint_positions: Callable[[], Mapping[str, float]], image_size: int = 64,
                  clock: Callable[[], float] = time.monotonic) -> None:
         import pybullet as p
+
         from safetwin.twin.env import TwinEnv
 
         self._p, self.joint_positions, self.clock = p, joint_positions, clock

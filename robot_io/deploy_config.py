@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
 from safetwin.safety.runio import ConfigError
 
 from .deploy_camera import CAMERA_MODES

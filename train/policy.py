@@ -30,6 +30,16 @@ from .networks import FiLM, ImageEncoder, RunningMeanStd, mlp
 
 ObsBatch = Mapping[str, Any]
 _ATANH_EPS = 1e-6
+MEAN_BOUND = 3.0
+"""Pre-tanh means are soft-bounded to +-MEAN_BOUND (tanh(3) = 0.995): behaviour cloning on
+expert actions at +-1 would otherwise push them towards infinity, where tanh saturates in
+float32 and the log-probability of a stored chunk can no longer be recovered (PPO ratios explode)."""
+LOG_STD_RANGE = (-5.0, 0.0)
+
+
+def bounded_mean(raw: torch.Tensor) -> torch.Tensor:
+    """``MEAN_BOUND * tanh(raw / MEAN_BOUND)``: identity near 0, bounded at +-MEAN_BOUND."""
+    return MEAN_BOUND * torch.tanh(raw / MEAN_BOUND)
 
 
 @dataclass
@@ -56,7 +66,7 @@ class PolicyConfig:
     use_wrist: bool = False
     feat_dim: int = 128
     hidden: int = 256
-    init_log_std: float = -1.0
+    init_log_std: float = -1.5
     residual_scale: float = 0.3
 
     def __post_init__(self) -> None:
@@ -66,8 +76,8 @@ class PolicyConfig:
         for name in ("chunk_len", "action_dim", "image_size", "feat_dim", "hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
-        if not -5.0 <= self.init_log_std <= 1.0:
-            raise ConfigError(f"policy.init_log_std must be in [-5, 1], got {self.init_log_std}")
+        if not -5.0 <= self.init_log_std <= 0.0:
+            raise ConfigError(f"policy.init_log_std must be in [-5, 0], got {self.init_log_std}")
         if not 0.0 < self.residual_scale <= 2.0:
             raise ConfigError(f"policy.residual_scale must be in (0, 2], got {self.residual_scale}")
 
@@ -262,8 +272,8 @@ class CompactVLA(VLAPolicy):
         self.log_std = nn.Parameter(torch.full((n,), float(cfg.init_log_std)))
 
     def _dist_params(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        mean = self.mean_head(self.trunk(self, obs))
-        return mean, self.log_std.clamp(-5.0, 1.0), {}
+        mean = bounded_mean(self.mean_head(self.trunk(self, obs)))
+        return mean, self.log_std.clamp(*LOG_STD_RANGE), {}
 
     def _to_chunk(self, squashed: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         return squashed

@@ -113,6 +113,10 @@ def ppo_update(policy: VLAPolicy, optim: torch.optim.Optimizer, batch: dict[str,
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - log_ratio).mean().item()
                 clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item()
+            if cfg.target_kl > 0 and approx_kl > 1.5 * cfg.target_kl:
+                epoch_kl.append(approx_kl)
+                logger.debug("KL early stop before a step (kl %.4f)", approx_kl)
+                break
             adv = torch.as_tensor(mb["adv"])
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
             v_r, v_c = policy.values(obs, obs["privileged"])

@@ -19,7 +19,7 @@ from torch import nn
 
 from .language import LanguageEncoder
 from .networks import mlp
-from .policy import ObsBatch, PolicyConfig, VisionLanguageTrunk, VLAPolicy
+from .policy import LOG_STD_RANGE, ObsBatch, PolicyConfig, VisionLanguageTrunk, VLAPolicy, bounded_mean
 
 BaseFn = Callable[[ObsBatch], "np.ndarray | torch.Tensor"]
 
@@ -82,8 +82,8 @@ class ResidualPolicy(VLAPolicy):
 
     def _dist_params(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         base = self.base_chunk(obs)
-        mean = self.mean_head(self.trunk(self, obs, extra=base))
-        return mean, self.log_std.clamp(-5.0, 1.0), {"base": base}
+        mean = bounded_mean(self.mean_head(self.trunk(self, obs, extra=base)))
+        return mean, self.log_std.clamp(*LOG_STD_RANGE), {"base": base}
 
     def _to_chunk(self, squashed: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         return ctx["base"] + self.cfg.residual_scale * squashed

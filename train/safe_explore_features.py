@@ -1,8 +1,9 @@
 """State features of the safety critic: only what exists on the robot.
 
 :class:`PolicyFeaturizer` keeps a frozen copy of the (pre-trained) VLA policy and returns its
-trunk output: the camera image through the CNN, FiLM-modulated by the instruction embedding,
-fused with the normalised proprioception (joint positions rad, velocities rad/s, gripper). No
+trunk output (the camera image through the CNN, FiLM-modulated by the instruction embedding,
+fused with the proprioception) and the normalised proprioception itself (joint positions rad,
+velocities rad/s, gripper). No
 privileged twin state enters, so the critic runs unchanged at deployment. The copy is frozen so
 the critic's input distribution does not drift while PPO fine-tunes the task policy, and it is
 saved with the critic (``feat.*`` tensors of the safe-explore checkpoint).
@@ -25,7 +26,8 @@ Featurizer = Callable[[Mapping[str, Any]], torch.Tensor]
 
 
 class PolicyFeaturizer(nn.Module):
-    """Frozen copy of ``policy``; ``forward(obs_batch) -> (B, hidden)`` trunk features.
+    """Frozen copy of ``policy``; ``forward(obs_batch) -> (B, hidden + P)``: the trunk features
+    and the normalised proprio (the policy's running statistics, frozen).
 
     Args:
         policy: a VLAPolicy with a ``trunk`` (CompactVLA, or ResidualPolicy with an embedded base).
@@ -45,7 +47,7 @@ class PolicyFeaturizer(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return int(self.policy.cfg.hidden)
+        return int(self.policy.cfg.hidden + self.policy.cfg.proprio_dim)
 
     def train(self, mode: bool = True) -> PolicyFeaturizer:  # always frozen, always eval
         super().train(False)
@@ -59,7 +61,7 @@ class PolicyFeaturizer(nn.Module):
             self.policy.mean_chunk(obs)
         finally:
             handle.remove()
-        feat = captured[-1].float()
+        feat = torch.cat([captured[-1].float(), self.policy.proprio(obs)], dim=-1)
         if not torch.isfinite(feat).all():
             raise FloatingPointError("safety-critic features are not finite")
         return feat

@@ -87,3 +87,42 @@ def load_safe_explore(checkpoint_path: str | os.PathLike[str], scene: Any = None
 
 def _prefixed(tensors: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+class ScreenedPolicy:
+    """Deploy-side policy callable ``obs -> chunk (k, 7)``: the task policy screened by the critic.
+
+    The first proposal of a decision is the policy's deterministic chunk, re-draws sample from
+    it. A screen fault raises ``RuntimeError``, so the deploy policy thread publishes nothing
+    and the supervisor's staleness/heartbeat stop applies (fail closed). ``last_info`` holds
+    the newest :class:`~safetwin.train.screening.ScreenInfo`.
+
+    Args:
+        policy: the task policy (a loaded VLAPolicy).
+        screen: the loaded screen (:func:`load_safe_explore`).
+    """
+
+    def __init__(self, policy: Any, screen: SafeExploreScreen) -> None:
+        self.policy, self.screen = policy, screen
+        self.last_info: Any = None
+
+    def __call__(self, obs: Mapping[str, Any]) -> Any:
+        import numpy as np
+        import torch
+
+        from .safe_explore_features import batch_one
+
+        calls = [0]
+
+        def propose(o: Mapping[str, Any]) -> np.ndarray:
+            calls[0] += 1
+            if calls[0] == 1:
+                return self.policy.predict(o)
+            with torch.no_grad():
+                return self.policy.act(batch_one(o))[0][0].cpu().numpy()
+
+        chunk, info = self.screen.screen(obs, propose)
+        self.last_info = info
+        if info.fault:
+            raise RuntimeError(f"safe-explore screen fault: {info.fault}")
+        return chunk

@@ -19,13 +19,13 @@ the end-effector position are in the robot **base** frame (m).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pybullet as p
 
-from safetwin.safety.spec import Box, SafetySpec
+from safetwin.safety.spec import SafetySpec
 
 COST_CATEGORIES: tuple[str, ...] = ("collision", "keepout", "ee_speed", "joint_limit", "force")
 """The cost categories, in the order of ``info["costs"]``."""
@@ -36,34 +36,6 @@ HAZARD_ROLES: tuple[str, ...] = ("fragile", "obstacle")
 CLOSEST_POINT_RANGE = 2.0
 """m: search radius of getClosestPoints for ``min_fragile_distance`` (reported as this value
 when no fragile body is nearer)."""
-
-
-def spheres_in_box(centers: np.ndarray, radii: np.ndarray, box: Box) -> bool:
-    """True when any sphere (centres (m, 3) m, radii (m,) m, base frame) intersects ``box``."""
-    if len(centers) == 0:
-        return False
-    lo, hi = np.asarray(box.lo), np.asarray(box.hi)
-    closest = np.clip(centers, lo, hi)
-    dist2 = np.sum((centers - closest) ** 2, axis=1)
-    return bool(np.any(dist2 < np.asarray(radii) ** 2))
-
-
-def point_in_box(point: np.ndarray, box: Box) -> bool:
-    """True when ``point`` (3,) m lies inside ``box`` (closed), base frame."""
-    return bool(np.all(point >= np.asarray(box.lo)) and np.all(point <= np.asarray(box.hi)))
-
-
-def joint_limit_violated(q: np.ndarray, dq: np.ndarray, spec: SafetySpec) -> bool:
-    """True when any controlled joint is outside its position range (rad) or over its
-    velocity limit (rad/s). ``q`` and ``dq`` are in the spec's joint order."""
-    lower = np.array([j.lower for j in spec.joints])
-    upper = np.array([j.upper for j in spec.joints])
-    vmax = np.array([j.velocity for j in spec.joints])
-    q, dq = np.asarray(q, dtype=float), np.asarray(dq, dtype=float)
-    if q.shape != lower.shape or dq.shape != lower.shape:
-        raise ValueError(f"joint state shapes {q.shape}/{dq.shape} do not match the spec's "
-                         f"{len(lower)} joints {spec.joint_names}")
-    return bool(np.any(q < lower) or np.any(q > upper) or np.any(np.abs(dq) > vmax))
 
 
 @dataclass
@@ -95,6 +67,10 @@ class CostMonitor:
         self.spec, self.client, self.robot = spec, client, robot
         self.hazards = dict(hazards)
         self.fragile = [b for b, r in self.hazards.items() if r == "fragile"]
+        self._lower = np.array([j.lower for j in spec.joints])
+        self._upper = np.array([j.upper for j in spec.joints])
+        self._vmax = np.array([j.velocity for j in spec.joints])
+        self._boxes = [(np.asarray(b.lo, float), np.asarray(b.hi, float)) for b in spec.keepout]
         self.acc = StepAccumulator()
 
     def begin_step(self) -> None:
@@ -129,10 +105,13 @@ class CostMonitor:
         if not np.isfinite(ee_speed) or ee_speed > self.spec.ee_speed_max:
             self.acc.flags["ee_speed"] = True
         self.acc.max_ee_speed = max(self.acc.max_ee_speed, float(ee_speed))
-        if joint_limit_violated(q, dq, self.spec):
+        if q.shape != self._lower.shape:
+            raise ValueError(f"joint state shape {q.shape} does not match the spec's joints {self.spec.joint_names}")
+        if (q < self._lower).any() or (q > self._upper).any() or (np.abs(dq) > self._vmax).any():
             self.acc.flags["joint_limit"] = True
-        for box in self.spec.keepout:
-            if point_in_box(ee_pos, box) or spheres_in_box(centers, radii, box):
+        for lo, hi in self._boxes:
+            if ((ee_pos >= lo).all() and (ee_pos <= hi).all()) or \
+                    (np.sum((centers - np.clip(centers, lo, hi)) ** 2, axis=1) < radii ** 2).any():
                 self.acc.flags["keepout"] = True
                 break
 
@@ -183,6 +162,11 @@ class TaskReward:
     def potential(self, world: Any) -> float:
         d_goal, d_obj = self._distances(world)
         return -(d_goal + 0.5 * d_obj)
+
+    def evaluate(self, world: Any) -> tuple[bool, float]:
+        """(success, potential) of the present state, from one distance evaluation."""
+        d_goal, d_obj = self._distances(world)
+        return d_goal < self.task.success.distance, -(d_goal + 0.5 * d_obj)
 
     def reward(self, phi_before: float, phi_after: float, success: bool) -> float:
         return (self.bonus * float(success) + self.scale * (self.gamma * phi_after - phi_before)

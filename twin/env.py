@@ -32,8 +32,17 @@ from safetwin.safety.spec import Obstacle, SafetySpec
 from safetwin.twin.costs import CostMonitor, TaskReward
 from safetwin.twin.expert import ScriptedExpert, expert_view
 from safetwin.twin.kinematics import Kinematics
-from safetwin.twin.randomization import EpisodeRandomization, apply_dynamics, sample
-from safetwin.twin.render import Camera, DirectRenderer, Lighting, ProxyRenderer, has_meshes, rotvec_matrix
+from safetwin.twin.randomization import EpisodeRandomization, apply_dynamics, apply_object_state, sample
+from safetwin.twin.render import (
+    Camera,
+    DirectRenderer,
+    Lighting,
+    ProxyRenderer,
+    has_meshes,
+    link_camera,
+    quat_from_matrix,
+    rotvec_matrix,
+)
 from safetwin.twin.scene import Scene, SceneObject, load_scene
 
 logger = logging.getLogger(__name__)
@@ -65,22 +74,28 @@ class World:
         self.control_dt = 1.0 / ctrl.control_hz
         self.client = c = p.connect(p.DIRECT)
         try:
-            p.setGravity(0.0, 0.0, -9.81, physicsClientId=c)
-            p.setTimeStep(1.0 / ctrl.physics_hz, physicsClientId=c)
             self._build()
         except Exception:
             p.disconnect(c)
             raise
 
     def _build(self) -> None:
+        """(Re)create the whole simulation; body ids come out the same every time."""
         c, robot = self.client, self.scene.robot
+        p.resetSimulation(physicsClientId=c)
+        p.setGravity(0.0, 0.0, -9.81, physicsClientId=c)
+        p.setTimeStep(1.0 / self.scene.control.physics_hz, physicsClientId=c)
+        p.setPhysicsEngineParameter(deterministicOverlappingPairs=1, physicsClientId=c)
         self.base_T = robot.base.matrix()
+        self._base_identity = bool(np.allclose(self.base_T[:3, :3], np.eye(3)))
+        self._keepout_world: list[tuple[list[float], list[float]]] | None = None
         self.robot = p.loadURDF(str(robot.urdf), robot.base.xyz, p.getQuaternionFromEuler(robot.base.rpy),
                                 useFixedBase=True, flags=p.URDF_USE_INERTIA_FROM_FILE, physicsClientId=c)
         index = {p.getJointInfo(self.robot, i, physicsClientId=c)[1].decode(): i
                  for i in range(p.getNumJoints(self.robot, physicsClientId=c))}
         self.link_index = {p.getJointInfo(self.robot, i, physicsClientId=c)[12].decode(): i for i in index.values()}
         self.joint_ids = [index[name] for name in robot.joint_names]
+        self.ee_index = self.link_index[robot.ee_link]
         self.efforts = [max(j.effort, 1.0) for j in robot.joints]
         self.gripper_ids = [index[name] for name in robot.gripper.joints] if robot.gripper else []
         self.n_joints = len(self.joint_ids)
@@ -91,7 +106,6 @@ class World:
         self.hazards = {self.body[o.name]: o.role for o in objs if o.role in ("fragile", "obstacle")}
         self.target = self.scene.task.targets[0]
         self.home_rot = self.kin.ee_pose(robot.home)[1]
-        self._initial_state = p.saveState(physicsClientId=c)
 
     def current_spec(self) -> SafetySpec:
         """The scene's spec with its obstacles at the objects' present poses (base frame)."""
@@ -110,8 +124,8 @@ class World:
         """Home the robot and place every object at its (jittered) pose with its sampled
         dynamics and colour."""
         c, robot = self.client, self.scene.robot
-        p.restoreState(stateId=self._initial_state, physicsClientId=c)  # also clears contact caches
-        for jid, home in zip(self.joint_ids, robot.home):
+        self._build()  # a fresh simulation: no contact caches or solver state carried over (determinism)
+        for jid, home in zip(self.joint_ids, robot.home, strict=False):
             p.resetJointState(self.robot, jid, float(home), 0.0, physicsClientId=c)
         p.setJointMotorControlArray(self.robot, self.joint_ids, p.POSITION_CONTROL,
                                     targetPositions=list(robot.home), forces=self.efforts, physicsClientId=c)
@@ -119,15 +133,7 @@ class World:
             for gid in self.gripper_ids:
                 p.resetJointState(self.robot, gid, robot.gripper.closed, 0.0, physicsClientId=c)
             self.set_gripper(-1.0)
-        for obj in self.scene.objects:
-            dx, dy, dyaw = params.object_offset[obj.name]
-            pos = np.add(obj.pose.xyz, (dx, dy, 0.0))
-            rpy = np.add(obj.pose.rpy, (0.0, 0.0, dyaw))
-            body = self.body[obj.name]
-            p.resetBasePositionAndOrientation(body, pos.tolist(), p.getQuaternionFromEuler(rpy), physicsClientId=c)
-            p.resetBaseVelocity(body, [0, 0, 0], [0, 0, 0], physicsClientId=c)
-            rgba = np.clip(np.add(obj.rgba[:3], params.color_offset[obj.name]), 0.0, 1.0).tolist() + [obj.rgba[3]]
-            p.changeVisualShape(body, -1, rgbaColor=rgba, physicsClientId=c)
+        apply_object_state(c, self.scene.objects, self.body, params)
         dynamic = {o.name: self.body[o.name] for o in self.scene.objects if o.collides}
         apply_dynamics(c, params, dynamic, {o.name: o.mass for o in self.scene.objects}, self.robot, self.joint_ids)
 
@@ -174,8 +180,10 @@ class World:
     def object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Object centre (3,) m and quaternion (x, y, z, w), base frame."""
         pos, orn = p.getBasePositionAndOrientation(self.body[name], physicsClientId=self.client)
-        rot = self.base_T[:3, :3].T @ np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3)
-        quat = _quat_from_matrix(rot)
+        if self._base_identity:
+            quat = np.asarray(orn)
+        else:
+            quat = quat_from_matrix(self.base_T[:3, :3].T @ np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3))
         return self.base_T[:3, :3].T @ (np.asarray(pos) - self.base_T[:3, 3]), quat
 
     def object_box(self, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +194,30 @@ class World:
         return local.min(axis=0), local.max(axis=0)
 
     def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """EE position (m) and rotation, base frame (from the kinematics)."""
         return self.kin.ee_pose(self.joint_state()[0])
+
+    def robot_near_keepout(self, margin: float) -> bool:
+        """Broad phase: does any robot link AABB overlap a keep-out box grown by ``margin`` (m)?"""
+        if self._keepout_world is None:
+            boxes = []
+            for box in self.spec.keepout:
+                corners = np.array([[x, y, z] for x in (box.lo[0], box.hi[0]) for y in (box.lo[1], box.hi[1])
+                                    for z in (box.lo[2], box.hi[2])]) @ self.base_T[:3, :3].T + self.base_T[:3, 3]
+                boxes.append(((corners.min(axis=0) - margin).tolist(), (corners.max(axis=0) + margin).tolist()))
+            self._keepout_world = boxes
+        for lo, hi in self._keepout_world:
+            hits = p.getOverlappingObjects(lo, hi, physicsClientId=self.client) or ()
+            if any(body == self.robot for body, _ in hits):
+                return True
+        return False
+
+    def ee_point_velocity(self) -> tuple[np.ndarray, float]:
+        """EE position (m, base frame) and linear speed (m/s), measured by pybullet."""
+        st = p.getLinkState(self.robot, self.ee_index, computeLinkVelocity=1, computeForwardKinematics=1,
+                            physicsClientId=self.client)
+        pos = self.base_T[:3, :3].T @ (np.asarray(st[4]) - self.base_T[:3, 3])
+        return pos, float(np.linalg.norm(st[6]))
 
     def privileged(self) -> np.ndarray:
         """float32 state for asymmetric critics (base frame): EE position (3) and the first two
@@ -208,28 +239,13 @@ class World:
         return self.object_pose(goal if goal is not None else self.target)[0]
 
     def wrist_camera(self, size: int) -> Camera:
-        """The wrist camera at the present link pose (looks along its local +z, -y up)."""
+        """The scene's wrist camera at the present link pose."""
         cfg = self.scene.wrist_camera
-        state = p.getLinkState(self.robot, self.link_index[cfg.link], computeForwardKinematics=1,
-                               physicsClientId=self.client)
-        pos, orn = p.multiplyTransforms(state[4], state[5], cfg.xyz, p.getQuaternionFromEuler(cfg.rpy))
-        rot = np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3)
-        eye = np.asarray(pos)
-        return Camera(tuple(eye), tuple(eye + rot[:, 2]), tuple(-rot[:, 1]), cfg.fov_deg, cfg.near, cfg.far,
-                      size, size)
+        return link_camera(self.client, self.robot, self.link_index[cfg.link], cfg, size)
 
     def close(self) -> None:
         if p.isConnected(self.client):
             p.disconnect(self.client)
-
-
-def _quat_from_matrix(rot: np.ndarray) -> np.ndarray:
-    """Quaternion (x, y, z, w) of a rotation matrix."""
-    w = np.sqrt(max(0.0, 1.0 + rot[0, 0] + rot[1, 1] + rot[2, 2])) / 2.0
-    x = np.copysign(np.sqrt(max(0.0, 1.0 + rot[0, 0] - rot[1, 1] - rot[2, 2])) / 2.0, rot[2, 1] - rot[1, 2])
-    y = np.copysign(np.sqrt(max(0.0, 1.0 - rot[0, 0] + rot[1, 1] - rot[2, 2])) / 2.0, rot[0, 2] - rot[2, 0])
-    z = np.copysign(np.sqrt(max(0.0, 1.0 - rot[0, 0] - rot[1, 1] + rot[2, 2])) / 2.0, rot[1, 0] - rot[0, 1])
-    return np.array([x, y, z, w])
 
 
 def _make_body(client: int, obj: SceneObject) -> int:
@@ -295,6 +311,8 @@ class TwinEnv(gym.Env):
         use_proxy = renderer == "proxy" or (renderer == "auto" and has_meshes(w.client, w.bodies()))
         self.renderer = ProxyRenderer(w.client, w.bodies()) if use_proxy else DirectRenderer(w.client)
         self.costs = CostMonitor(self.safety_spec, w.client, w.robot, w.hazards)
+        # broad phase of the keep-out check: link AABBs grown by the largest sphere radius
+        self._sphere_margin = float(np.max(self.kin.spheres(self.scene.robot.home)[1], initial=0.0)) + 0.02
         spaces: dict[str, gym.Space] = {}
         if self.images:
             spaces["image"] = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -329,10 +347,10 @@ class TwinEnv(gym.Env):
         self._increments = deque(zero for _ in range(self.params.action_latency))
         self._t, self.filter_faults = 0, 0
         self._front, self._light = self._episode_camera()
-        self._phi = self.reward_fn.potential(w)
+        success, self._phi = self.reward_fn.evaluate(w)
         self.expert.reset()
         self.costs.begin_step()
-        info = self._info(success=self.reward_fn.success(w))
+        info = self._info(success=success)
         info["randomization"] = self.params.to_dict()
         return self._obs(), info
 
@@ -348,8 +366,7 @@ class TwinEnv(gym.Env):
         self._run_control(act)
         self._t += 1
         w = self.world
-        success = self.reward_fn.success(w)
-        phi = self.reward_fn.potential(w)
+        success, phi = self.reward_fn.evaluate(w)
         reward = self.reward_fn.reward(self._phi, phi, success)
         self._phi = phi
         info = self._info(success=success)
@@ -384,23 +401,28 @@ class TwinEnv(gym.Env):
         inc = np.concatenate([action[:3] * ctrl.action_pos_m, action[3:6] * ctrl.action_rot_rad]) / n_ctrl
         self._increments.extend(inc for _ in range(n_ctrl))
         w.set_gripper(float(action[6]))
-        q0, _ = w.joint_state()
+        q0, dq0 = w.joint_state()
         p_des, r_des = self.kin.ee_pose(q0)
+        rotations: dict[bytes, np.ndarray] = {}
+        q, dq = q0, dq0
         for _ in range(n_ctrl):
             step = self._increments.popleft()
             p_des = p_des + step[:3]
-            r_des = rotvec_matrix(step[3:]) @ r_des
-            q, dq = w.joint_state()
+            key = step[3:].tobytes()
+            if key not in rotations:
+                rotations[key] = rotvec_matrix(step[3:])
+            r_des = rotations[key] @ r_des
             nominal = np.asarray(self.kin.ik_step(q, p_des, r_des, damping=IK_DAMPING), dtype=np.float64) / dt
             qd = self._filtered(q, dq, nominal, dt)
             w.apply_joint_velocity(q, qd, dt)
             for _ in range(w.substeps):
                 w.step_physics()
                 self.costs.observe_contacts()
-            q1, dq1 = w.joint_state()
-            centers, radii, _ = self.kin.spheres(q1)
-            speed = float(np.linalg.norm(self.kin.ee_jacobian(q1)[:3] @ dq1))
-            self.costs.observe_state(q1, dq1, self.kin.ee_pose(q1)[0], speed, centers, radii)
+            q, dq = w.joint_state()
+            ee, speed = w.ee_point_velocity()
+            near = w.robot_near_keepout(self._sphere_margin)
+            centers, radii, _ = self.kin.spheres(q) if near else (np.zeros((0, 3)), np.zeros(0), None)
+            self.costs.observe_state(q, dq, ee, speed, centers, radii)
 
     def _filtered(self, q: np.ndarray, dq: np.ndarray, nominal: np.ndarray, dt: float) -> np.ndarray:
         """The command to apply: the filter's output exactly, or zero (brake) on a filter fault."""

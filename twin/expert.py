@@ -44,6 +44,8 @@ class ExpertConfig:
         zone_fraction: fraction of the success distance the object's aim may move off the goal centre.
         pusher_half_width: m; half the gripper's width across the push direction (the object's
             swept corridor is widened to it when planning the push path).
+        push_speed_factor: factor on the speed while in contact (pushing), against contact spikes.
+        retreat: m the EE backs off along a finished push before heading for the next one.
         leg_tolerance: m; an intermediate aim point of the pushed object counts as reached.
     """
 
@@ -58,6 +60,8 @@ class ExpertConfig:
     push_depth: float = 0.0
     zone_fraction: float = 0.6
     pusher_half_width: float = 0.025
+    push_speed_factor: float = 0.7
+    retreat: float = 0.04
     leg_tolerance: float = 0.012
 
     def __post_init__(self) -> None:
@@ -127,7 +131,7 @@ def _clear(a: np.ndarray, b: np.ndarray, boxes: list[tuple[Box3, float]]) -> boo
 
 
 def _path_length(points: list[np.ndarray]) -> float:
-    return float(sum(np.linalg.norm(b - a) for a, b in zip(points[:-1], points[1:])))
+    return float(sum(np.linalg.norm(b - a) for a, b in zip(points[:-1], points[1:], strict=False)))
 
 
 def plan(start: np.ndarray, goal: np.ndarray, boxes: list[tuple[Box3, float]], margin: float) -> list[np.ndarray]:
@@ -149,7 +153,7 @@ def plan(start: np.ndarray, goal: np.ndarray, boxes: list[tuple[Box3, float]], m
             candidates.append([c, corners[(i + 1) % 4], goal])
             candidates.append([c, corners[(i - 1) % 4], goal])
     clear = [c for c in candidates
-             if _clear(start, c[0], boxes) and all(_clear(a, b, boxes) for a, b in zip(c[:-1], c[1:]))]
+             if _clear(start, c[0], boxes) and all(_clear(a, b, boxes) for a, b in zip(c[:-1], c[1:], strict=False))]
     if clear:
         return min(clear, key=lambda c: _path_length([start, *c]))
     top = max(float(box[1][2]) + grow for box, grow in boxes)
@@ -188,7 +192,7 @@ def _plan_object_path(obj: np.ndarray, goal: np.ndarray, hazards: list[Box3], gr
 
     def clear(path: list[np.ndarray]) -> bool:
         return all(not segment_hits_box(np.array([*a, 0.0]), np.array([*b, 0.0]), box, grow)
-                   for a, b in zip(path[:-1], path[1:]) for box in flat)
+                   for a, b in zip(path[:-1], path[1:], strict=False) for box in flat)
 
     aims = [goal + np.array(v) * zone for v in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))]
     paths = []
@@ -217,6 +221,9 @@ class ScriptedExpert:
         self._legs: list[np.ndarray] | None = None
         self._leg = 0
         self._yaw = 0.0
+        self._slow = 1.0
+        self._retreat: np.ndarray | None = None
+        self._push_dir = np.zeros(2)
 
     def act(self, view: ExpertView) -> np.ndarray:
         """Action (7,) float32 in [-1, 1]: (dx, dy, dz, droll, dpitch, dyaw, gripper)."""
@@ -253,6 +260,9 @@ class ScriptedExpert:
                                            cfg.zone_fraction * view.success_distance)
         while self._leg < len(self._legs) - 1 and np.linalg.norm(self._legs[self._leg] - obj[:2]) < cfg.leg_tolerance:
             self._leg += 1
+            # back off along the finished push before turning or lifting the gripper
+            ee = np.asarray(view.ee_pos, float)
+            self._retreat = np.array([*(ee[:2] - self._push_dir * cfg.retreat), ee[2]])
         return self._legs[self._leg]
 
     def _push_aim(self, view: ExpertView) -> np.ndarray:
@@ -261,6 +271,10 @@ class ScriptedExpert:
         cfg = self.config
         obj, half = np.asarray(view.object_pos, float), np.asarray(view.object_half, float)
         aim_xy = self._object_aim(view, obj, half)
+        if self._retreat is not None:
+            if np.linalg.norm(self._retreat - np.asarray(view.ee_pos, float)) > cfg.tolerance:
+                return self._retreat
+            self._retreat = None
         to_aim = aim_xy - obj[:2]
         dist = float(np.linalg.norm(to_aim))
         d = to_aim / max(dist, 1e-9)
@@ -278,6 +292,7 @@ class ScriptedExpert:
             line_point = obj[:2] - d * reach
             off_line = (ee[:2] - line_point) - ((ee[:2] - line_point) @ d) * d
             step = d * dist - off_line
+            self._slow, self._push_dir = cfg.push_speed_factor, d
             return np.array([ee[0] + step[0], ee[1] + step[1], push_z])
         pre = np.array([*(obj[:2] - d * (reach + cfg.push_standoff)), push_z])
         obj_box: Box3 = (obj - half, obj + half)
@@ -286,8 +301,10 @@ class ScriptedExpert:
     def _action(self, view: ExpertView, aim: np.ndarray, yaw: float = 0.0) -> np.ndarray:
         delta = aim - np.asarray(view.ee_pos, float)
         norm = float(np.linalg.norm(delta))
-        if norm > view.step_limit:
-            delta = delta / norm * view.step_limit
+        limit = view.step_limit * self._slow
+        self._slow = 1.0
+        if norm > limit:
+            delta = delta / norm * limit
         c, s_ = np.cos(yaw), np.sin(yaw)
         rz = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
         rot = _rotation_error(np.asarray(view.ee_rot, float), rz @ np.asarray(view.home_rot, float))

@@ -117,5 +117,20 @@ def apply_dynamics(client: int, params: EpisodeRandomization, object_bodies: Map
         p.changeDynamics(body, -1, physicsClientId=client, **kwargs)
     for link in range(-1, p.getNumJoints(robot, physicsClientId=client)):
         p.changeDynamics(robot, link, lateralFriction=params.robot_friction, physicsClientId=client)
-    for joint, damping in zip(robot_joints, params.joint_damping):
+    for joint, damping in zip(robot_joints, params.joint_damping, strict=False):
         p.changeDynamics(robot, joint, jointDamping=damping, physicsClientId=client)
+
+
+def apply_object_state(client: int, objects: Sequence[Any], bodies: Mapping[str, int],
+                       params: EpisodeRandomization) -> None:
+    """Place each scene object at its nominal pose plus the sampled (dx, dy, dyaw) offset
+    (world frame), at rest, with its colour shifted by the sampled RGB offset."""
+    for obj in objects:
+        dx, dy, dyaw = params.object_offset[obj.name]
+        pos = np.add(obj.pose.xyz, (dx, dy, 0.0))
+        rpy = np.add(obj.pose.rpy, (0.0, 0.0, dyaw))
+        body = bodies[obj.name]
+        p.resetBasePositionAndOrientation(body, pos.tolist(), p.getQuaternionFromEuler(rpy), physicsClientId=client)
+        p.resetBaseVelocity(body, [0, 0, 0], [0, 0, 0], physicsClientId=client)
+        rgba = np.clip(np.add(obj.rgba[:3], params.color_offset[obj.name]), 0.0, 1.0).tolist() + [obj.rgba[3]]
+        p.changeVisualShape(body, -1, rgbaColor=rgba, physicsClientId=client)

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pybullet as p
@@ -210,7 +211,7 @@ class ProxyRenderer:
             if links:
                 states = p.getLinkStates(body, links, computeForwardKinematics=1,
                                          physicsClientId=self.source)
-                for link, st in zip(links, states):
+                for link, st in zip(links, states, strict=False):
                     frames[(body, link)] = (st[4], st[5])
         return frames
 
@@ -254,3 +255,22 @@ def rotvec_matrix(rotvec: np.ndarray) -> np.ndarray:
     k = v / angle
     kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
     return np.eye(3) + np.sin(angle) * kx + (1.0 - np.cos(angle)) * (kx @ kx)
+
+
+def quat_from_matrix(rot: np.ndarray) -> np.ndarray:
+    """Quaternion (x, y, z, w) of a rotation matrix (3, 3)."""
+    w = np.sqrt(max(0.0, 1.0 + rot[0, 0] + rot[1, 1] + rot[2, 2])) / 2.0
+    x = np.copysign(np.sqrt(max(0.0, 1.0 + rot[0, 0] - rot[1, 1] - rot[2, 2])) / 2.0, rot[2, 1] - rot[1, 2])
+    y = np.copysign(np.sqrt(max(0.0, 1.0 - rot[0, 0] + rot[1, 1] - rot[2, 2])) / 2.0, rot[0, 2] - rot[2, 0])
+    z = np.copysign(np.sqrt(max(0.0, 1.0 - rot[0, 0] - rot[1, 1] + rot[2, 2])) / 2.0, rot[1, 0] - rot[0, 1])
+    return np.array([x, y, z, w])
+
+
+def link_camera(client: int, body: int, link: int, cfg: Any, size: int) -> Camera:
+    """A camera fixed to ``link`` of ``body`` at ``cfg.xyz``/``cfg.rpy`` (link frame), looking
+    along its local +z with local -y up; optics from ``cfg`` (fov_deg, near, far), square ``size``."""
+    state = p.getLinkState(body, link, computeForwardKinematics=1, physicsClientId=client)
+    pos, orn = p.multiplyTransforms(state[4], state[5], cfg.xyz, p.getQuaternionFromEuler(cfg.rpy))
+    rot = np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3)
+    eye = np.asarray(pos)
+    return Camera(tuple(eye), tuple(eye + rot[:, 2]), tuple(-rot[:, 1]), cfg.fov_deg, cfg.near, cfg.far, size, size)

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+
 from safetwin.robot_io.deploy import DeployConfig, run_deploy
 from safetwin.robot_io.deploy_camera import (
     CameraError,
@@ -159,7 +160,9 @@ def test_camera_config_validated(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- the twin
-twin_env = pytest.importorskip("safetwin.twin.env", reason="the twin env is needed to render the scene")
+@pytest.fixture
+def twin_env():
+    return pytest.importorskip("safetwin.twin.env", reason="the twin env renders the sim camera")
 
 
 def _load(run):
@@ -202,7 +205,7 @@ def _sim_cfg(tmp_path, **kw):
     return config_from_dict(DeployConfig, {**base, **kw}, "deploy")
 
 
-def test_sim_deploy_policy_sees_the_scene_and_the_arm_move_d1(tmp_path, read_threads):
+def test_sim_deploy_policy_sees_the_scene_and_the_arm_move_d1(tmp_path, twin_env, read_threads):
     """The policy's image in a sim deploy is the twin's front view (not blank; at the home pose it
     matches the training env's nominal observation), it changes as the arm moves, and every frame is
     rendered on the policy thread, never on the control thread (D1)."""
@@ -233,7 +236,7 @@ def test_sim_deploy_policy_sees_the_scene_and_the_arm_move_d1(tmp_path, read_thr
 
 
 @pytest.mark.parametrize("fault", ["camera_freeze", "camera_fail"])
-def test_frozen_or_failed_camera_holds_then_stops_a6(tmp_path, fault):
+def test_frozen_or_failed_camera_holds_then_stops_a6(tmp_path, twin_env, fault):
     """A hung camera (the same frame with its old time) or a failing one: the policy's chunks age
     with the frame, so the loop holds (deadline misses, nothing written) and then stops (A6/A9)."""
     cfg = _sim_cfg(tmp_path, duration_s=1.8, fault_script=[[0.8, fault]])
@@ -247,3 +250,40 @@ def test_frozen_or_failed_camera_holds_then_stops_a6(tmp_path, fault):
     assert all(r["sent"] is None for r in tele[held:])
     if fault == "camera_fail":
         assert summary["policy"]["errors"] > 0
+
+
+@pytest.mark.slow
+def test_checkpoint_policy_gets_the_sim_camera_by_default(tmp_path, twin_env, monkeypatch):
+    """A saved (untrained) CompactVLA deployed from its checkpoint on port 'sim' with the default
+    ``camera: auto``: the VLA receives the twin's rendered front view (not black) and the proprio of
+    the env's layout, and its chunks drive the loop."""
+    from safetwin.train.checkpoint import save_policy
+    from safetwin.train.language import LanguageEncoder
+    from safetwin.train.policy import CompactVLA, PolicyConfig
+    from safetwin.twin.scene import load_scene
+
+    scene = load_scene("tabletop_push")
+    n = len(scene.robot.joint_names)
+    policy = CompactVLA(PolicyConfig(proprio_dim=2 * n + 1, chunk_len=4), LanguageEncoder())
+    path = save_policy(tmp_path / "policy.safetensors", policy, safety_spec_sha256=scene.safety.sha256(),
+                       scene={"name": scene.name}, step=0, lam=0.0, config={})
+    seen = []
+    original = CompactVLA.predict
+
+    def predict(self, obs):
+        seen.append((obs["image"].copy(), obs["proprio"].copy()))
+        return original(self, obs)
+
+    monkeypatch.setattr(CompactVLA, "predict", predict)
+    cfg = config_from_dict(DeployConfig, {"run_dir": str(tmp_path / "runs"), "scene": "tabletop_push",
+                                          "checkpoint": str(path), "accept_unaudited": True,
+                                          "duration_s": 2.0, "bus_timeout_s": 0.05}, "deploy")
+    assert cfg.camera_mode == "sim"
+    summary, tele = _load(run_deploy(cfg))
+    assert not seen[0][0].any()  # the runner's warm-up inference before the policy thread starts
+    seen = seen[1:]
+    assert summary["camera"]["mode"] == "sim" and summary["camera"]["frames"] >= len(seen) >= 5
+    assert summary["policy"]["errors"] == 0 and summary["policy"]["chunks"] >= 5
+    assert all(img.shape == (64, 64, 3) and img.std() > 10 for img, _ in seen)
+    assert all(pro.shape == (2 * n + 1,) for _, pro in seen)
+    assert sum(r["filter"] is not None for r in tele) > 50

@@ -150,3 +150,16 @@ def test_policy_config_validation() -> None:
         PolicyConfig(chunk_len=0)
     with pytest.raises(ConfigError, match="residual_scale"):
         PolicyConfig(residual_scale=0.0)
+
+
+def test_saturated_policy_logp_is_recoverable_from_chunks() -> None:
+    """Even when the head pushes far into tanh saturation (as BC on +-1 expert actions does), the
+    log-prob of a stored chunk equals the one at sampling time (PPO ratio stays 1)."""
+    torch.manual_seed(0)
+    policy = CompactVLA(CFG)
+    with torch.no_grad():
+        policy.mean_head[-1].bias.fill_(50.0)
+    obs = make_obs()
+    chunk, logp = policy.act(obs)
+    logp2, _ = policy.evaluate(obs, chunk)
+    assert (logp2 - logp).abs().max().item() < 0.05

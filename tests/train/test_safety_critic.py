@@ -1,8 +1,9 @@
 """Conservative safety critic on an analytic case, calibration and AUC.
 
 The analytic case: a point mass on a line, x' = x + 0.2 a (m, a in [-1, 1]); crossing the wall
-at x = 0.8 m is a violation and ends the episode. Feature = [x]. Covers scenario C6 (learned
-safety critic screens risky actions) at the unit level.
+at x = 0.8 m is a violation and ends the episode. Feature = [x].
+No scenario ID of SAFETY_SCENARIOS.md covers a learned critic; the screening tests' fail-closed
+case covers A1 (non-finite proposals).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def q_at(critic: SafetyCritic, xs: np.ndarray, a: float) -> np.ndarray:
         return critic(feat, torch.full((len(xs), 1), float(a))).numpy()
 
 
-def test_critic_ranks_wall_crossing_above_retreat_c6(wall_learner: SafeExploreLearner) -> None:
-    """C6: next to the wall, the chunk that crosses it scores above the one that backs off."""
+def test_critic_ranks_wall_crossing_above_retreat(wall_learner: SafeExploreLearner) -> None:
+    """next to the wall, the chunk that crosses it scores above the one that backs off."""
     xs = np.linspace(0.65, 0.78, 8)
     unsafe, safe = q_at(wall_learner.critic, xs, 1.0), q_at(wall_learner.critic, xs, -1.0)
     assert np.all(unsafe > safe + 0.3), (unsafe, safe)
@@ -75,8 +76,8 @@ def test_critic_ranks_wall_crossing_above_retreat_c6(wall_learner: SafeExploreLe
     assert far.max() < 0.2, far
 
 
-def test_recovery_backs_away_from_wall_c6(wall_learner: SafeExploreLearner) -> None:
-    """C6: trained through the critic, recovery moves away from the wall and lowers Q_C."""
+def test_recovery_backs_away_from_wall(wall_learner: SafeExploreLearner) -> None:
+    """trained through the critic, recovery moves away from the wall and lowers Q_C."""
     xs = torch.as_tensor(np.linspace(0.65, 0.78, 8, dtype=np.float32)[:, None])
     rec = wall_learner.recovery.act(xs)
     assert np.all(rec < 0.0), rec
@@ -84,8 +85,8 @@ def test_recovery_backs_away_from_wall_c6(wall_learner: SafeExploreLearner) -> N
         assert torch.all(wall_learner.critic(xs, torch.as_tensor(rec)) < wall_learner.critic(xs, torch.ones(8, 1)))
 
 
-def test_conservative_term_raises_ood_actions_c6() -> None:
-    """C6: with data only in |a| <= 0.3, the conservative critic rates unseen |a| = 1 riskier
+def test_conservative_term_raises_ood_actions() -> None:
+    """with data only in |a| <= 0.3, the conservative critic rates unseen |a| = 1 riskier
     than the plain TD critic (alpha = 0) trained on the same data and seed."""
     episodes = wall_episodes(400, np.random.default_rng(1), -0.3, 0.3)
     plain = train_wall_critic(0.0, episodes, updates=800, seed=3).critic
@@ -128,7 +129,7 @@ def test_roc_auc_known_values() -> None:
 
 
 def test_calibration_meets_target_fnr_on_heldout(wall_learner: SafeExploreLearner) -> None:
-    """C6: epsilon calibrated on held-out point-mass episodes keeps the FNR at the target."""
+    """epsilon calibrated on held-out point-mass episodes keeps the FNR at the target."""
     heldout = wall_episodes(200, np.random.default_rng(7))
     scores, labels = episode_scores(wall_learner.critic, heldout, horizon_steps=1)
     cal = calibrate_epsilon(scores, labels, target_fnr=0.1, horizon_steps=1)

@@ -1,4 +1,4 @@
-"""Screening of proposals by the safety critic and the recovery fallback (scenario C6), on the
+"""Screening of proposals by the safety critic and the recovery fallback, on the
 point mass of test_safety_critic, plus the safe-explore checkpoint round trip."""
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def point(x: float) -> dict:
     return {"proprio": np.array([x], np.float32), "instruction": "stay left of the wall"}
 
 
-def test_never_executes_above_epsilon_when_a_candidate_passed_c6(screen: SafeExploreScreen) -> None:
-    """C6: whenever a proposal passed, the executed chunk is that proposal and its Q_C <= eps;
+def test_never_executes_above_epsilon_when_a_candidate_passed(screen: SafeExploreScreen) -> None:
+    """whenever a proposal passed, the executed chunk is that proposal and its Q_C <= eps;
     every earlier proposal of the same decision was above eps."""
     rng = np.random.default_rng(0)
     resampled_then_passed = 0
@@ -60,8 +60,8 @@ def test_never_executes_above_epsilon_when_a_candidate_passed_c6(screen: SafeExp
     assert resampled_then_passed > 10
 
 
-def test_batch_screen_same_guarantee_c6(screen: SafeExploreScreen) -> None:
-    """C6, training path: accepted rows execute their own proposal with Q_C <= eps."""
+def test_batch_screen_same_guarantee(screen: SafeExploreScreen) -> None:
+    """Training path: accepted rows execute their own proposal with Q_C <= eps."""
     rng = np.random.default_rng(1)
     xs = rng.uniform(0.5, 0.79, 64).astype(np.float32)
     obs = {"proprio": xs[:, None], "instruction": ["stay left"] * 64}
@@ -77,9 +77,9 @@ def test_batch_screen_same_guarantee_c6(screen: SafeExploreScreen) -> None:
     assert np.all(out.rejections[out.recovered] == 4)
 
 
-def test_recovery_acts_and_is_logged_when_nothing_passes_c6(screen: SafeExploreScreen,
+def test_recovery_acts_and_is_logged_when_nothing_passes(screen: SafeExploreScreen,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    """C6: all proposals cross the wall -> the recovery chunk (moving back) is executed, logged."""
+    """all proposals cross the wall -> the recovery chunk (moving back) is executed, logged."""
     rng = np.random.default_rng(3)
     with caplog.at_level(logging.INFO, logger="safetwin.train.screening"):
         chunk, info = screen.screen(point(0.75), lambda _o: rng.uniform(0.9, 1.0, (1, 1)))
@@ -90,15 +90,16 @@ def test_recovery_acts_and_is_logged_when_nothing_passes_c6(screen: SafeExploreS
     assert "recovery acts" in caplog.text
 
 
-def test_faults_fail_closed_c6(screen: SafeExploreScreen) -> None:
-    """C6: a failing proposer hands over to recovery; broken features or recovery hold still."""
+def test_faults_fail_closed_a1(screen: SafeExploreScreen) -> None:
+    """A1: a non-finite proposal is never executed; a failing proposer hands over to recovery;
+    broken features or a broken recovery policy hold still (zero chunk, fault set)."""
     def boom(_o: dict) -> np.ndarray:
         raise RuntimeError("policy thread died")
 
     _, info = screen.screen(point(0.0), boom)
     assert info.recovery and info.q_proposals == ()
-    _, info = screen.screen(point(0.0), lambda _o: np.full((1, 1), np.nan))
-    assert info.recovery
+    chunk, info = screen.screen(point(0.0), lambda _o: np.full((1, 1), np.nan))
+    assert info.recovery and np.isfinite(chunk).all()
     broken = SafeExploreScreen(screen.critic, screen.recovery, lambda _o: torch.full((1, 1), float("nan")),
                                EPS, 3, (1, 1))
     chunk, info = broken.screen(point(0.0), lambda _o: np.zeros((1, 1)))
@@ -116,14 +117,14 @@ def test_deterministic_proposer_is_not_resampled(screen: SafeExploreScreen) -> N
     assert info.recovery and len(info.q_proposals) == 2
 
 
-def test_checkpoint_roundtrip_and_refusals_c6(tmp_path) -> None:  # noqa: ANN001
-    """C6 at deployment: the saved screen reloads (next to the policy checkpoint) and decides
+def test_checkpoint_roundtrip_and_refusals(tmp_path) -> None:  # noqa: ANN001
+    """At deployment: the saved screen reloads (next to the policy checkpoint) and decides
     identically; a spec mismatch is refused."""
     torch.manual_seed(0)
     scene = tiny_scene()
     policy = CompactVLA(PolicyConfig(proprio_dim=4, privileged_dim=0, chunk_len=2, hidden=32, feat_dim=16))
     feat = PolicyFeaturizer(policy)
-    critic, rec = SafetyCritic(32, 14, 32), RecoveryPolicy(32, 14, 32)
+    critic, rec = SafetyCritic(36, 14, 32), RecoveryPolicy(36, 14, 32)
     screen = SafeExploreScreen(critic, rec, feat, 0.05, 2, (2, 7))
     save_policy(tmp_path / "policy.safetensors", policy, safety_spec_sha256=scene.safety.sha256(),
                 scene={"name": "tiny", "path": "x"}, step=0, lam=0.0, config={})
@@ -144,3 +145,47 @@ def test_checkpoint_roundtrip_and_refusals_c6(tmp_path) -> None:  # noqa: ANN001
     (tmp_path / "safe_explore.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no safe_explore.safetensors"):
         load_safe_explore(tmp_path / "policy.safetensors")
+
+
+def test_explorer_pretrains_screens_and_records_on_tiny_env(tmp_path) -> None:  # noqa: ANN001
+    """Offline pre-training + calibration on rollouts of a real env, then a screened vector
+    rollout: recovery decisions are marked in the replay, the executed chunk is what ran and
+    the proposal is kept for the task policy; the saved screen reloads."""
+    from safetwin.train.envs import make_env_fn, make_vector_env
+    from safetwin.train.safe_explore import SafeExplorer
+    from safetwin.train.safe_explore_config import SafeExploreConfig
+
+    from .conftest import TINY_ID
+
+    torch.manual_seed(0)
+    policy = CompactVLA(PolicyConfig(proprio_dim=4, privileged_dim=9, chunk_len=2, hidden=32, feat_dim=16))
+    cfg = SafeExploreConfig(enabled=True, offline_episodes=8, offline_updates=60, online_updates=5,
+                            batch_size=32, hidden=32, horizon_steps=4, random_fraction=0.5)
+    explorer = SafeExplorer(cfg, policy, seed=0)
+    stats = explorer.pretrain(make_env_fn(TINY_ID, 2, 0.99, {}), policy)
+    assert stats["offline_violations"] > 0 and 0.0 <= stats["safety/critic_auc"] <= 1.0
+    assert stats["safety/critic_fnr"] <= cfg.target_fnr
+    n_offline = len(explorer.learner.replay)
+    explorer.screen.epsilon = 0.0  # Q_C > 0 everywhere: every proposal is rejected
+    envs = make_vector_env(TINY_ID, 2, 2, 0.99, {})
+    obs, _ = envs.reset(seed=0)
+    try:
+        for _ in range(20):
+            out = explorer.act(policy, obs)
+            assert out.recovered.all() and not np.array_equal(out.executed, out.proposed)
+            obs, _, term, trunc, infos = envs.step(out.executed)
+            explorer.observe(infos, term, trunc)
+    finally:
+        envs.close()
+    metrics = explorer.end_iteration()
+    assert metrics["safety/critic_rejections"] == 2 * 20 * (cfg.max_resamples + 1)
+    assert metrics["safety/recovery_steps"] == 2 * 20 * 2  # every env step was a recovery step
+    rows = slice(n_offline, len(explorer.learner.replay))
+    assert len(explorer.learner.replay) > n_offline
+    assert explorer.learner.replay.data["recovered"][rows].all()
+    data = explorer.learner.replay.data
+    assert not np.allclose(data["act"][rows], data["proposed"][rows])
+    assert 0.0 <= explorer.screen.epsilon <= 1.0 and "safety/critic_auc" in metrics
+    explorer.save(tmp_path / "safe_explore.safetensors", tiny_scene().safety.sha256())
+    loaded = load_safe_explore(tmp_path / "safe_explore.safetensors", scene=tiny_scene())
+    assert loaded.epsilon == explorer.screen.epsilon and loaded.meta["offline"]["offline_violations"] > 0

@@ -1,0 +1,119 @@
+"""Benchmark of safe exploration -> benchmarks/results/safe_explore.json.
+
+On ``tabletop_push`` under domain randomization, from ONE behaviour-cloned policy, two arms with
+the same PPO budget (env steps):
+
+* ``lag``: PPO-Lagrangian alone;
+* ``csc``: PPO-Lagrangian with the conservative safety critic screening every proposed chunk
+  and the recovery policy (``safe_explore.enabled``).
+
+Reported: ``train_violations_lag`` / ``train_violations_csc`` (cumulative cost of all training
+episodes, from ``safety/train_violations`` in metrics.jsonl), ``pretrain_violations_csc`` (cost
+of the critic's offline data collection in the twin, reported separately), their final
+``success`` and ``mean_cost`` (raw policy evaluated in the twin, ``--episodes`` episodes), and
+``critic_auc`` (held-out, after pre-training and at the end).
+Target (reported, not asserted): ``train_violations_csc <= 0.5 * train_violations_lag`` and
+``|success_csc - success_lag| <= 0.05``.
+
+Tiny smoke run: ``python benchmarks/bench_safe_explore.py --steps 200 --demos 2 --bc-epochs 1
+--offline-episodes 4 --episodes 2 --num-envs 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetwin.safety.runio import atomic_write_json, read_jsonl
+from safetwin.train.config import TrainConfig
+from safetwin.train.evaluate import evaluate
+from safetwin.train.run import run_train
+from safetwin.train.safe_explore_config import SafeExploreConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "safe_explore.json"
+logger = logging.getLogger("bench_safe_explore")
+
+
+def _arm(args: argparse.Namespace, root: Path, bc_ckpt: Path, name: str, safe: bool) -> dict[str, Any]:
+    se = SafeExploreConfig(enabled=safe, offline_episodes=args.offline_episodes,
+                           offline_updates=args.offline_updates, online_updates=args.online_updates)
+    cfg = TrainConfig(scene=args.scene, run_root=str(root), run_id=name, seed=args.seed, total_steps=args.steps,
+                      num_envs=args.num_envs, rollout_decisions=args.rollout_decisions,
+                      num_minibatches=min(4, args.num_envs * args.rollout_decisions),
+                      pretrained=str(bc_ckpt), progress=not args.quiet, safe_explore=se)
+    t0 = time.perf_counter()
+    run_dir = run_train(cfg)
+    wall = time.perf_counter() - t0
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    ev = evaluate(run_dir / "checkpoints" / "policy.safetensors", scene=args.scene, episodes=args.episodes,
+                  seed=20_000, filtered=False, out_dir=run_dir / "eval", progress=not args.quiet)["modes"]["raw"]
+    out = {"train_violations": float(records[-1].get("safety/train_violations", 0.0)),
+           "success": ev["success_rate"], "mean_cost": ev["mean_cost"], "cost_limit": ev["cost_limit"],
+           "steps": int(records[-1]["step"]), "wall_s": wall, "run_dir": str(run_dir)}
+    if safe:
+        side = json.loads((run_dir / "checkpoints" / "safe_explore.json").read_text(encoding="utf-8"))
+        offline = side["extra"].get("offline", {})
+        aucs = [r["safety/critic_auc"] for r in records if "safety/critic_auc" in r]
+        out.update({"pretrain_violations": float(offline.get("offline_violations", 0.0)),
+                    "pretrain_critic_auc": float(offline.get("critic_auc", float("nan"))),
+                    "critic_auc": float(aucs[-1]) if aucs else float("nan"),
+                    "critic_rejections": float(sum(r.get("safety/critic_rejections", 0.0) for r in records)),
+                    "recovery_steps": float(sum(r.get("safety/recovery_steps", 0.0) for r in records)),
+                    "calibration": side["extra"].get("calibration", {})})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scene", default="tabletop_push")
+    parser.add_argument("--steps", type=int, default=20_000, help="PPO budget (env steps) of each arm")
+    parser.add_argument("--num-envs", type=int, default=4)
+    parser.add_argument("--rollout-decisions", type=int, default=64)
+    parser.add_argument("--demos", type=int, default=30, help="expert demo episodes for BC")
+    parser.add_argument("--bc-epochs", type=int, default=30)
+    parser.add_argument("--offline-episodes", type=int, default=40, help="critic pre-training episodes")
+    parser.add_argument("--offline-updates", type=int, default=2000)
+    parser.add_argument("--online-updates", type=int, default=100)
+    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per arm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    root = ROOT / "runs" / "bench_safe_explore" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    t0 = time.perf_counter()
+    bc_dir = run_train(TrainConfig(scene=args.scene, run_root=str(root), run_id="bc", seed=args.seed, total_steps=0,
+                                   demo_episodes=args.demos, bc_epochs=args.bc_epochs, progress=not args.quiet))
+    bc_ckpt = bc_dir / "checkpoints" / "policy.safetensors"
+    lag = _arm(args, root, bc_ckpt, "lag", safe=False)
+    csc = _arm(args, root, bc_ckpt, "csc", safe=True)
+    results: dict[str, Any] = {
+        "scene": args.scene, "steps": args.steps,
+        "train_violations_lag": lag["train_violations"], "train_violations_csc": csc["train_violations"],
+        "pretrain_violations_csc": csc["pretrain_violations"],
+        "success_lag": lag["success"], "success_csc": csc["success"],
+        "mean_cost_lag": lag["mean_cost"], "mean_cost_csc": csc["mean_cost"], "cost_limit": lag["cost_limit"],
+        "critic_auc": csc["critic_auc"], "arms": {"lag": lag, "csc": csc}, "config": vars(args)}
+    base = max(lag["train_violations"], 1e-9)
+    results["violation_reduction"] = 1.0 - csc["train_violations"] / base
+    results["targets"] = {"violations_halved": csc["train_violations"] <= 0.5 * lag["train_violations"],
+                          "success_within_5_points": abs(csc["success"] - lag["success"]) <= 0.05}
+    results["wall_s"] = time.perf_counter() - t0
+    atomic_write_json(RESULTS, results)
+    cols = ("train_violations", "success", "mean_cost", "wall_s")
+    print(f"{'arm':<6}" + "".join(f"{c:>18}" for c in cols))
+    for name, r in (("lag", lag), ("csc", csc)):
+        print(f"{name:<6}" + "".join(f"{r[c]:>18.3f}" for c in cols))
+    print(f"critic AUC {csc['critic_auc']:.3f}; offline-data violations (csc) {csc['pretrain_violations']:.1f}; "
+          f"violation reduction {results['violation_reduction']:.1%}; written {RESULTS}")
+    print(json.dumps(results["targets"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Safe exploration during PPO-Lagrangian training: conservative safety critic + recovery.
+
+:class:`SafeExplorer` ties the pieces together for the trainer:
+
+1. :meth:`SafeExplorer.pretrain`: offline twin rollouts under domain randomization that contain
+   unsafe transitions (the pre-trained policy with Gaussian-perturbed chunks, and uniformly
+   random chunks), split by episode into training and held-out sets; the critic and the
+   recovery policy are pre-trained on the first, epsilon is calibrated on the second for
+   ``target_fnr`` on "violation within ``horizon_steps`` env steps", and the ROC AUC reported;
+2. :meth:`SafeExplorer.act` during each rollout decision: the task policy's proposals are
+   screened (resampled up to N times), the recovery policy acts when none passes; the task
+   policy learns from what it proposed (Recovery RL), the safety replay records what ran;
+3. :meth:`SafeExplorer.observe` after each vector step: per-env episode assembly into the replay;
+4. :meth:`SafeExplorer.end_iteration` after the PPO update: online critic/recovery updates,
+   re-calibration of epsilon on the (never trained-on) held-out episodes, metrics.
+
+Metrics: ``safety/critic_rejections`` and ``safety/recovery_steps`` (this iteration: rejected
+proposals, env steps executed by the recovery policy), ``safety/critic_auc`` (held-out),
+``safety/critic_auc_online`` (this iteration's finished episodes, scored before training on
+them), ``safety/critic_epsilon``, ``safety/critic_fnr``, ``safety/critic_fpr``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .envs import info_field
+from .policy import VLAPolicy
+from .recovery import RecoveryPolicy
+from .safe_explore_config import SafeExploreConfig
+from .safe_explore_data import Episode, EpisodeTracker, SafeExploreLearner, episode_scores
+from .safe_explore_features import PolicyFeaturizer, batch_one
+from .safe_explore_io import save_safe_explore
+from .safety_critic import Calibration, SafetyCritic, calibrate_epsilon, roc_auc
+from .screening import BatchScreen, SafeExploreScreen
+
+logger = logging.getLogger(__name__)
+
+
+def _final_obs_batch(infos: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+    finals = [infos["final_obs"][i] for i in idx]
+    batch = {k: np.stack([np.asarray(f[k]) for f in finals]) for k in finals[0] if k != "instruction"}
+    batch["instruction"] = [str(f["instruction"]) for f in finals]
+    return batch
+
+
+class SafeExplorer:
+    """Critic, recovery, screen and replay of one training run (see the module docstring).
+
+    Args:
+        cfg: the safe-explore options.
+        policy: the pre-trained task policy (its frozen copy computes the critic's features).
+        seed: seed of the offline rollouts, the replay sampling and the out-of-distribution actions.
+    """
+
+    def __init__(self, cfg: SafeExploreConfig, policy: VLAPolicy, seed: int) -> None:
+        self.cfg, self.seed = cfg, int(seed)
+        self.featurizer = PolicyFeaturizer(policy)
+        k, a = policy.cfg.chunk_len, policy.cfg.action_dim
+        f = self.featurizer.feature_dim
+        critic, recovery = SafetyCritic(f, k * a, cfg.hidden), RecoveryPolicy(f, k * a, cfg.hidden)
+        self.learner = SafeExploreLearner(critic, recovery, cfg, seed)
+        self.screen = SafeExploreScreen(critic, recovery, self.featurizer, 0.0, cfg.max_resamples, (k, a))
+        self.heldout: list[Episode] = []
+        self.calibration: Calibration | None = None
+        self.tracker: EpisodeTracker | None = None
+        self._last: BatchScreen | None = None
+        self._new_episodes: list[Episode] = []
+        self.counts = {"rejections": 0, "recovery_steps": 0, "recovery_decisions": 0, "decisions": 0}
+        self.offline_stats: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ offline
+    def pretrain(self, env_fn: Callable[[], gym.Env], policy: VLAPolicy, progress: bool = False) -> dict[str, float]:
+        """Collect offline episodes, pre-train critic and recovery, calibrate epsilon."""
+        episodes, violations = self.collect_offline(env_fn, policy, progress)
+        rng = np.random.default_rng(self.seed + 17)
+        order = rng.permutation(len(episodes))
+        n_held = max(1, int(round(self.cfg.heldout_fraction * len(episodes))))
+        self.heldout = [episodes[i] for i in order[:n_held]]
+        for i in order[n_held:]:
+            self.learner.replay.add_episode(episodes[i])
+        losses = self.learner.update(self.cfg.offline_updates, progress=progress, desc="safety critic (offline)")
+        self.recalibrate()
+        assert self.calibration is not None
+        self.offline_stats = {"offline_episodes": float(len(episodes)), "offline_violations": float(violations),
+                              "offline_decisions": float(sum(len(e) for e in episodes)),
+                              "critic_auc": self.calibration.auc,
+                              **{k.replace("losses/", "offline_"): v for k, v in losses.items()}}
+        logger.info("safety critic pre-trained: AUC %.3f, epsilon %.4f (FNR %.3f, FPR %.3f, %d/%d held-out "
+                    "positives/negatives)", self.calibration.auc, self.calibration.epsilon, self.calibration.fnr,
+                    self.calibration.fpr, self.calibration.n_pos, self.calibration.n_neg)
+        return {**self.offline_stats, **self.calibration_metrics()}
+
+    @torch.no_grad()
+    def collect_offline(self, env_fn: Callable[[], gym.Env], policy: VLAPolicy,
+                        progress: bool = False) -> tuple[list[Episode], float]:
+        """Perturbed-policy and random-policy episodes (chunked env); (episodes, total cost)."""
+        rng = np.random.default_rng(self.seed + 101)
+        env = env_fn()
+        episodes, total_cost = [], 0.0
+        shape = self.screen.chunk_shape
+        try:
+            for i in tqdm(range(self.cfg.offline_episodes), desc="safety critic data", disable=not progress):
+                random_policy = rng.random() < self.cfg.random_fraction
+                obs, _ = env.reset(seed=self.seed + 500_000 + i)
+                tracker, done = EpisodeTracker(1), False
+                while not done:
+                    batch = batch_one(obs)
+                    feat = self.featurizer(batch)[0].numpy()
+                    if random_policy:
+                        chunk = rng.uniform(-1.0, 1.0, shape)
+                    else:
+                        chunk = policy.act(batch)[0][0].numpy() + rng.normal(0.0, self.cfg.perturb_std, shape)
+                    chunk = np.clip(chunk, -1.0, 1.0).astype(np.float32)
+                    obs, _, term, trunc, info = env.step(chunk)
+                    tracker.add(0, feat, chunk.reshape(-1), chunk.reshape(-1), float(info["cost_sum"] > 0),
+                                int(info["n_steps"]), False)
+                    done = bool(term or trunc)
+                total_cost += float(info["episode"]["cost"])
+                final = self.featurizer(batch_one(obs))[0].numpy()
+                episodes.append(tracker.finish(0, final, bool(term)))
+        finally:
+            env.close()
+        return episodes, total_cost
+
+    def recalibrate(self) -> Calibration:
+        """Epsilon for ``target_fnr`` on the held-out episodes with the current critic."""
+        scores, labels = episode_scores(self.learner.critic, self.heldout, self.cfg.horizon_steps)
+        self.calibration = calibrate_epsilon(scores, labels, self.cfg.target_fnr, self.cfg.horizon_steps)
+        self.screen.epsilon = self.calibration.epsilon
+        self.screen.meta = {"calibration": asdict(self.calibration), "config": asdict(self.cfg)}
+        return self.calibration
+
+    def calibration_metrics(self) -> dict[str, float]:
+        c = self.calibration
+        if c is None:
+            return {}
+        return {"safety/critic_auc": c.auc, "safety/critic_epsilon": c.epsilon,
+                "safety/critic_fnr": c.fnr, "safety/critic_fpr": c.fpr}
+
+    # ------------------------------------------------------------------ rollouts
+    def act(self, policy: VLAPolicy, obs: dict[str, Any]) -> BatchScreen:
+        """Screen the task policy's proposals for a batch of observations (one per env)."""
+        def propose(o: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+            chunk, logp = policy.act(o)
+            return chunk.numpy(), logp.numpy()
+
+        with torch.no_grad():
+            out = self.screen.screen_batch(obs, propose)
+        n_rec = int(out.recovered.sum())
+        self.counts["rejections"] += int(out.rejections.sum())
+        self.counts["recovery_decisions"] += n_rec
+        self.counts["decisions"] += len(out.recovered)
+        self._last = out
+        return out
+
+    def extra_cost(self) -> np.ndarray:
+        """Per-env cost added to the task policy's transition for a rejected proposal."""
+        assert self._last is not None
+        return self.cfg.rejection_cost * (self._last.rejections > 0).astype(np.float64)
+
+    def observe(self, infos: dict[str, Any], terminated: np.ndarray, truncated: np.ndarray) -> None:
+        """Record the last screened decision's outcome (call right after ``envs.step``)."""
+        out = self._last
+        if out is None:
+            raise RuntimeError("SafeExplorer.observe: call act() first")
+        n = len(out.executed)
+        self.tracker = self.tracker or EpisodeTracker(n)
+        cost = info_field(infos, "cost_sum", n)
+        n_steps = info_field(infos, "n_steps", n).astype(np.int64)
+        self.counts["recovery_steps"] += int(n_steps[out.recovered].sum())
+        feat = out.feat.numpy()
+        for i in range(n):
+            self.tracker.add(i, feat[i], out.executed[i].reshape(-1), out.proposed[i].reshape(-1),
+                             float(cost[i] > 0), int(n_steps[i]), bool(out.recovered[i]))
+        done = np.flatnonzero(np.asarray(terminated) | np.asarray(truncated))
+        if len(done):
+            with torch.no_grad():
+                final = self.featurizer(_final_obs_batch(infos, done)).numpy()
+            for j, i in enumerate(done):
+                self._new_episodes.append(self.tracker.finish(int(i), final[j], bool(terminated[i])))
+        self._last = None
+
+    def end_iteration(self) -> dict[str, float]:
+        """Online updates on everything recorded so far; returns this iteration's metrics."""
+        metrics: dict[str, float] = {"safety/critic_rejections": float(self.counts["rejections"]),
+                                     "safety/recovery_steps": float(self.counts["recovery_steps"]),
+                                     "safety/recovery_rate": self.counts["recovery_decisions"]
+                                     / max(self.counts["decisions"], 1)}
+        if self._new_episodes:
+            scores, labels = episode_scores(self.learner.critic, self._new_episodes, self.cfg.horizon_steps)
+            auc = roc_auc(scores, labels)
+            if np.isfinite(auc):
+                metrics["safety/critic_auc_online"] = auc
+        for ep in self._new_episodes:
+            self.learner.replay.add_episode(ep)
+        self._new_episodes = []
+        metrics.update(self.learner.update(self.cfg.online_updates))
+        self.recalibrate()
+        metrics.update(self.calibration_metrics())
+        self.counts = dict.fromkeys(self.counts, 0)
+        return metrics
+
+    def save(self, path: Path, safety_spec_sha256: str, extra: dict[str, Any] | None = None) -> Path:
+        """Write the screen (critic, recovery, featurizer, epsilon) as safetensors + sidecar."""
+        return save_safe_explore(path, self.screen, safety_spec_sha256=safety_spec_sha256,
+                                 extra={"offline": self.offline_stats, **(extra or {})})
