@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from safetwin.safety.runio import atomic_write_json, read_jsonl
 from safetwin.train.config import TrainConfig
 from safetwin.train.evaluate import evaluate
@@ -77,8 +78,8 @@ def main() -> None:
     parser.add_argument("--rollout-decisions", type=int, default=64)
     parser.add_argument("--demos", type=int, default=30, help="expert demo episodes for BC")
     parser.add_argument("--bc-epochs", type=int, default=30)
-    parser.add_argument("--offline-episodes", type=int, default=40, help="critic pre-training episodes")
-    parser.add_argument("--offline-updates", type=int, default=2000)
+    parser.add_argument("--offline-episodes", type=int, default=80, help="critic pre-training episodes")
+    parser.add_argument("--offline-updates", type=int, default=600)
     parser.add_argument("--online-updates", type=int, default=100)
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per arm")
     parser.add_argument("--seed", type=int, default=0)

@@ -27,6 +27,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+
 from safetwin.safety.runio import atomic_write_json, read_jsonl
 from safetwin.train.config import TrainConfig
 from safetwin.train.evaluate import evaluate
@@ -50,9 +51,10 @@ class _ImageProprio(gym.ObservationWrapper):
 
 
 def sb3_samples_per_s(scene: str, num_envs: int, steps: int, seed: int) -> float:
-    import safetwin.twin.registration  # noqa: F401
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
+
+    import safetwin.twin.registration  # noqa: F401
 
     venv = DummyVecEnv([lambda: _ImageProprio(gym.make("safetwin/Twin-v0", scene=scene, randomize=True))
                         for _ in range(num_envs)])

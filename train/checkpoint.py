@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
 from safetwin.safety.runio import atomic_write_bytes, atomic_write_json
 
 from .language import LanguageEncoder

@@ -70,7 +70,7 @@ class TrainConfig:
     rollout_decisions: int = 64
     gamma: float = 0.99
     gae_lambda: float = 0.95
-    lr: float = 3e-4
+    lr: float = 1e-4
     update_epochs: int = 4
     num_minibatches: int = 4
     clip_coef: float = 0.2
@@ -78,8 +78,8 @@ class TrainConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     target_kl: float = 0.02
-    bc_reg_coef: float = 1.0
-    bc_reg_decay: float = 0.9
+    bc_reg_coef: float = 5.0
+    bc_reg_decay: float = 0.97
     lagrange: str = "adam"
     lagrange_init: float = 0.001
     lagrange_lr: float = 0.035

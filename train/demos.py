@@ -30,8 +30,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from safetwin.safety.runio import atomic_write_bytes, atomic_write_json
 from tqdm import tqdm
+
+from safetwin.safety.runio import atomic_write_bytes, atomic_write_json
 
 from .envs import import_env_package
 

@@ -27,8 +27,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from safetwin.safety.runio import atomic_write_json, atomic_write_text, sha256_file
 from tqdm import tqdm
+
+from safetwin.safety.runio import atomic_write_json, atomic_write_text, sha256_file
 
 from .checkpoint import load_policy
 from .envs import COST_CATEGORIES, import_env_package

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save
+
 from safetwin.safety.runio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetwin.safety.runio import ConfigError
 from torch import nn
+
+from safetwin.safety.runio import ConfigError
 
 from .language import EMBED_DIM, LanguageEncoder, shared_encoder
 from .networks import FiLM, ImageEncoder, RunningMeanStd, mlp
@@ -66,7 +67,7 @@ class PolicyConfig:
     use_wrist: bool = False
     feat_dim: int = 128
     hidden: int = 256
-    init_log_std: float = -1.5
+    init_log_std: float = -2.5
     residual_scale: float = 0.3
 
     def __post_init__(self) -> None:

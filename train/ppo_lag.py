@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetwin.safety.runio import JsonlWriter
 from torch import nn
 from tqdm import tqdm
+
+from safetwin.safety.runio import JsonlWriter
 
 from .buffer import RolloutBuffer
 from .config import TrainConfig

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from safetwin.safety.runio import atomic_write_json, atomic_write_text, config_to_dict, read_jsonl
 
 from .checkpoint import CheckpointError, load_tensors, save_policy, save_tensors

@@ -15,6 +15,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+
 from safetwin.safety.runio import ConfigError, config_to_dict, inside, new_run_dir, save_config
 
 from .bc import train_bc

@@ -78,6 +78,24 @@ class SafeExplorer:
         self.counts = {"rejections": 0, "recovery_steps": 0, "recovery_decisions": 0, "decisions": 0}
         self.offline_stats: dict[str, float] = {}
 
+    @classmethod
+    def from_checkpoint(cls, cfg: SafeExploreConfig, path: Path, policy: VLAPolicy, seed: int) -> SafeExplorer:
+        """Resume: critic, recovery, featurizer and epsilon from a saved screen. The replay
+        buffer and the held-out set restart empty (epsilon is kept until episodes arrive)."""
+        from .safe_explore_io import load_safe_explore
+
+        explorer = cls(cfg, policy, seed)
+        screen = load_safe_explore(path)
+        if screen.chunk_shape != explorer.screen.chunk_shape:
+            raise ValueError(f"{path}: chunk shape {screen.chunk_shape} differs from the policy's")
+        screen.max_resamples = cfg.max_resamples
+        explorer.screen, explorer.featurizer = screen, screen.featurize
+        explorer.learner = SafeExploreLearner(screen.critic, screen.recovery, cfg, seed)
+        explorer.offline_stats = dict(screen.meta.get("offline", {}))
+        if "calibration" in screen.meta:
+            explorer.calibration = Calibration(**screen.meta["calibration"])
+        return explorer
+
     # ------------------------------------------------------------------ offline
     def pretrain(self, env_fn: Callable[[], gym.Env], policy: VLAPolicy, progress: bool = False) -> dict[str, float]:
         """Collect offline episodes, pre-train critic and recovery, calibrate epsilon."""
@@ -132,12 +150,15 @@ class SafeExplorer:
             env.close()
         return episodes, total_cost
 
-    def recalibrate(self) -> Calibration:
-        """Epsilon for ``target_fnr`` on the held-out episodes with the current critic."""
+    def recalibrate(self) -> Calibration | None:
+        """Epsilon for ``target_fnr`` on the held-out episodes with the current critic (kept
+        as it is when there are none, after a resume)."""
+        if not self.heldout:
+            return self.calibration
         scores, labels = episode_scores(self.learner.critic, self.heldout, self.cfg.horizon_steps)
         self.calibration = calibrate_epsilon(scores, labels, self.cfg.target_fnr, self.cfg.horizon_steps)
         self.screen.epsilon = self.calibration.epsilon
-        self.screen.meta = {"calibration": asdict(self.calibration), "config": asdict(self.cfg)}
+        self.screen.meta = {**self.screen.meta, "calibration": asdict(self.calibration), "config": asdict(self.cfg)}
         return self.calibration
 
     def calibration_metrics(self) -> dict[str, float]:

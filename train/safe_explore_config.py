@@ -33,6 +33,8 @@ class SafeExploreConfig:
     cql_alpha: weight of the conservative term (data actions down, out-of-distribution up).
     n_ood: uniformly random action chunks per state in the conservative term.
     critic_lr: Adam learning rate of the critic.
+    critic_weight_decay: decoupled weight decay of the critic (AdamW; fights over-fitting on
+        small offline data sets).
     tau: Polyak factor of the two target critics.
     batch_size: replay minibatch size (decisions).
     offline_updates: critic (and recovery) gradient steps of the offline pre-training.
@@ -45,21 +47,22 @@ class SafeExploreConfig:
     """
 
     enabled: bool = False
-    offline_episodes: int = 40
-    random_fraction: float = 0.5
+    offline_episodes: int = 80
+    random_fraction: float = 0.3
     perturb_std: float = 0.5
     heldout_fraction: float = 0.25
     horizon_steps: int = 10
     target_fnr: float = 0.1
     max_resamples: int = 3
     gamma: float = 0.8
-    hidden: int = 256
+    hidden: int = 128
     cql_alpha: float = 0.3
-    n_ood: int = 8
+    n_ood: int = 4
     critic_lr: float = 3e-4
+    critic_weight_decay: float = 0.01
     tau: float = 0.01
     batch_size: int = 256
-    offline_updates: int = 2000
+    offline_updates: int = 600
     online_updates: int = 100
     recovery_lr: float = 3e-4
     recovery_action_reg: float = 0.01
@@ -71,7 +74,7 @@ class SafeExploreConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.safe_explore.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("offline_episodes", "max_resamples", "offline_updates", "online_updates",
-                     "cql_alpha", "recovery_action_reg", "rejection_cost", "perturb_std"):
+                     "cql_alpha", "recovery_action_reg", "critic_weight_decay", "rejection_cost", "perturb_std"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.safe_explore.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("random_fraction", "gamma"):

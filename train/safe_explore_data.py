@@ -124,7 +124,8 @@ class SafeExploreLearner:
     def __init__(self, critic: SafetyCritic, recovery: RecoveryPolicy, cfg: SafeExploreConfig, seed: int) -> None:
         self.critic, self.recovery, self.cfg = critic, recovery, cfg
         self.replay = SafetyReplay(cfg.replay_capacity, critic.feature_dim, critic.action_dim)
-        self.critic_optim = torch.optim.Adam(critic.online_parameters(), lr=cfg.critic_lr)
+        self.critic_optim = torch.optim.AdamW(critic.online_parameters(), lr=cfg.critic_lr,
+                                              weight_decay=cfg.critic_weight_decay)
         self.recovery_optim = torch.optim.Adam(recovery.parameters(), lr=cfg.recovery_lr)
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(int(seed))

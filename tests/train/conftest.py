@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+
 from safetwin.safety.spec import SafetySpec, parse_safety
 
 TINY_ID = "safetwin_test/TinyReach-v0"

@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 from safetwin.train.checkpoint import CheckpointError, load_policy, save_policy
 from safetwin.train.policy import CompactVLA, PolicyConfig
 from safetwin.train.residual import ResidualPolicy

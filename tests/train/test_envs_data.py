@@ -7,6 +7,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from safetwin.train.bc import build_bc_arrays
 from safetwin.train.buffer import RolloutBuffer
 from safetwin.train.demos import load_demos, paraphrase, record_demos

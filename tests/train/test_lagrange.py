@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from safetwin.train.lagrange import LagrangeAdam, PIDLagrange, make_lagrange
 
 

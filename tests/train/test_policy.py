@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import norm
+
 from safetwin.train.policy import CompactVLA, PolicyConfig, chunk_targets, squashed_entropy, squashed_log_prob
 from safetwin.train.residual import ResidualPolicy
-from scipy.stats import norm
 
 CFG = PolicyConfig(proprio_dim=4, privileged_dim=9, chunk_len=3)
 

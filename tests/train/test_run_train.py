@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from safetensors.torch import load_file
+
 from safetwin.safety.runio import ConfigError, config_from_dict, read_jsonl
 from safetwin.train.checkpoint import load_policy
 from safetwin.train.config import TrainConfig

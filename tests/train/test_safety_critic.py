@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from safetwin.train.recovery import RecoveryPolicy
 from safetwin.train.safe_explore_config import SafeExploreConfig
 from safetwin.train.safe_explore_data import Episode, SafeExploreLearner, episode_scores

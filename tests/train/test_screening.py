@@ -8,12 +8,13 @@ import logging
 import numpy as np
 import pytest
 import torch
+
 from safetwin.train.checkpoint import CheckpointError, save_policy
 from safetwin.train.policy import CompactVLA, PolicyConfig
 from safetwin.train.recovery import RecoveryPolicy
 from safetwin.train.safe_explore_data import SafeExploreLearner
 from safetwin.train.safe_explore_features import PolicyFeaturizer
-from safetwin.train.safe_explore_io import load_safe_explore, save_safe_explore
+from safetwin.train.safe_explore_io import ScreenedPolicy, load_safe_explore, save_safe_explore
 from safetwin.train.safety_critic import SafetyCritic
 from safetwin.train.screening import SafeExploreScreen
 
@@ -139,6 +140,11 @@ def test_checkpoint_roundtrip_and_refusals(tmp_path) -> None:  # noqa: ANN001
     b, ib = loaded.screen(obs, lambda _o: prop)
     assert np.array_equal(a, b) and ia.q_proposals == pytest.approx(ib.q_proposals)
     assert loaded.meta["calibration"]["auc"] == 0.9 and loaded.epsilon == 0.05
+    deploy_fn = ScreenedPolicy(policy, loaded)
+    out = deploy_fn({**obs, "q": np.zeros(3), "t_mono": 1.0})  # the deploy runner's obs dict
+    assert out.shape == (2, 7) and np.isfinite(out).all()
+    assert deploy_fn.last_info.accepted or deploy_fn.last_info.recovery
+    assert deploy_fn.last_info.accepted or len(deploy_fn.last_info.q_proposals) == 3  # mode + 2 samples
     other = tiny_scene(cost_limit=5.0)
     with pytest.raises(CheckpointError, match="safety spec mismatch"):
         load_safe_explore(tmp_path / "safe_explore.safetensors", scene=other)

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+
 from safetwin.safety.runio import read_jsonl
 from safetwin.train.checkpoint import CheckpointError, load_policy
 from safetwin.train.config import TrainConfig
