@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def _arm(args: argparse.Namespace, root: Path, bc_ckpt: Path, name: str, safe: b
     t0 = time.perf_counter()
     run_dir = run_train(cfg)
     wall = time.perf_counter() - t0
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = list(read_jsonl(run_dir / "metrics.jsonl"))
     ev = evaluate(run_dir / "checkpoints" / "policy.safetensors", scene=args.scene, episodes=args.episodes,
                   seed=20_000, filtered=False, out_dir=run_dir / "eval", progress=not args.quiet)["modes"]["raw"]
     out = {"train_violations": float(records[-1].get("safety/train_violations", 0.0)),
@@ -70,6 +71,17 @@ def _arm(args: argparse.Namespace, root: Path, bc_ckpt: Path, name: str, safe: b
     return out
 
 
+def _finite(value: Any) -> Any:
+    """NaN/inf (e.g. an AUC without held-out negatives) -> None, so the JSON stays standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scene", default="tabletop_push")
@@ -78,6 +90,7 @@ def main() -> None:
     parser.add_argument("--rollout-decisions", type=int, default=64)
     parser.add_argument("--demos", type=int, default=30, help="expert demo episodes for BC")
     parser.add_argument("--bc-epochs", type=int, default=30)
+    parser.add_argument("--bc-checkpoint", default="", help="reuse this BC policy checkpoint (skips demos + BC)")
     parser.add_argument("--offline-episodes", type=int, default=80, help="critic pre-training episodes")
     parser.add_argument("--offline-updates", type=int, default=600)
     parser.add_argument("--online-updates", type=int, default=100)
@@ -89,9 +102,13 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     root = ROOT / "runs" / "bench_safe_explore" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     t0 = time.perf_counter()
-    bc_dir = run_train(TrainConfig(scene=args.scene, run_root=str(root), run_id="bc", seed=args.seed, total_steps=0,
-                                   demo_episodes=args.demos, bc_epochs=args.bc_epochs, progress=not args.quiet))
-    bc_ckpt = bc_dir / "checkpoints" / "policy.safetensors"
+    if args.bc_checkpoint:
+        bc_ckpt = Path(args.bc_checkpoint)
+    else:
+        bc_dir = run_train(TrainConfig(scene=args.scene, run_root=str(root), run_id="bc", seed=args.seed,
+                                       total_steps=0, demo_episodes=args.demos, bc_epochs=args.bc_epochs,
+                                       progress=not args.quiet))
+        bc_ckpt = bc_dir / "checkpoints" / "policy.safetensors"
     lag = _arm(args, root, bc_ckpt, "lag", safe=False)
     csc = _arm(args, root, bc_ckpt, "csc", safe=True)
     results: dict[str, Any] = {
@@ -106,7 +123,7 @@ def main() -> None:
     results["targets"] = {"violations_halved": csc["train_violations"] <= 0.5 * lag["train_violations"],
                           "success_within_5_points": abs(csc["success"] - lag["success"]) <= 0.05}
     results["wall_s"] = time.perf_counter() - t0
-    atomic_write_json(RESULTS, results)
+    atomic_write_json(RESULTS, _finite(results))
     cols = ("train_violations", "success", "mean_cost", "wall_s")
     print(f"{'arm':<6}" + "".join(f"{c:>18}" for c in cols))
     for name, r in (("lag", lag), ("csc", csc)):

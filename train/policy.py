@@ -189,13 +189,19 @@ class VLAPolicy(nn.Module, abc.ABC):
 
     def evaluate(self, obs: ObsBatch, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logp (B,), entropy (B,))`` of given chunks (B, k, 7) under the current policy."""
+        logp, entropy, _ = self.evaluate_with_mean(obs, chunks)
+        return logp, entropy
+
+    def evaluate_with_mean(self, obs: ObsBatch, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`evaluate` plus the deterministic chunk (B, k, 7), from one forward pass."""
         mean, log_std, ctx = self._dist_params(obs)
         flat = torch.as_tensor(chunks, dtype=torch.float32, device=mean.device).reshape(mean.shape)
         squashed, log_scale = self._from_chunk(flat, ctx)
         u = atanh_clipped(squashed)
         logp = squashed_log_prob(u, mean, log_std) - log_scale
         entropy = squashed_entropy(mean, log_std) + log_scale
-        return logp, entropy
+        mode = self._to_chunk(torch.tanh(mean), ctx).reshape(-1, self.cfg.chunk_len, self.cfg.action_dim)
+        return logp, entropy, mode
 
     def mean_chunk(self, obs: ObsBatch) -> torch.Tensor:
         """The deterministic chunk (B, k, 7), differentiable (used by BC and the BC regulariser)."""

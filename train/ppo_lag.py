@@ -108,7 +108,7 @@ def ppo_update(policy: VLAPolicy, optim: torch.optim.Optimizer, batch: dict[str,
     for _epoch in range(cfg.update_epochs):
         epoch_kl = []
         for obs, mb in RolloutBuffer.minibatches(batch, cfg.num_minibatches, rng):
-            logp, entropy = policy.evaluate(obs, torch.as_tensor(mb["chunks"]))
+            logp, entropy, mode = policy.evaluate_with_mean(obs, torch.as_tensor(mb["chunks"]))
             log_ratio = logp - torch.as_tensor(mb["logp"])
             ratio = log_ratio.exp()
             with torch.no_grad():
@@ -123,7 +123,7 @@ def ppo_update(policy: VLAPolicy, optim: torch.optim.Optimizer, batch: dict[str,
             v_r, v_c = policy.values(obs, obs["privileged"])
             v_loss_r = 0.5 * (v_r - torch.as_tensor(mb["ret_r"])).pow(2).mean()
             v_loss_c = 0.5 * (v_c - torch.as_tensor(mb["ret_c"])).pow(2).mean()
-            bc_reg = (policy.mean_chunk(obs) - torch.as_tensor(mb["ref_chunks"])).pow(2).mean()
+            bc_reg = (mode - torch.as_tensor(mb["ref_chunks"])).pow(2).mean()
             loss = (pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * (v_loss_r + v_loss_c)
                     + bc_coef * bc_reg)
             optim.zero_grad()

@@ -165,8 +165,9 @@ class SafeExplorer:
         c = self.calibration
         if c is None:
             return {}
-        return {"safety/critic_auc": c.auc, "safety/critic_epsilon": c.epsilon,
-                "safety/critic_fnr": c.fnr, "safety/critic_fpr": c.fpr}
+        out = {"safety/critic_auc": c.auc, "safety/critic_epsilon": c.epsilon,
+               "safety/critic_fnr": c.fnr, "safety/critic_fpr": c.fpr}
+        return {k: v for k, v in out.items() if np.isfinite(v)}  # AUC/FPR need held-out negatives
 
     # ------------------------------------------------------------------ rollouts
     def act(self, policy: VLAPolicy, obs: dict[str, Any]) -> BatchScreen:

@@ -65,7 +65,7 @@ class SafeExploreConfig:
     offline_updates: int = 600
     online_updates: int = 100
     recovery_lr: float = 3e-4
-    recovery_action_reg: float = 0.01
+    recovery_action_reg: float = 0.1
     replay_capacity: int = 100_000
     rejection_cost: float = 0.0
 

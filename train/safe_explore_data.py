@@ -138,9 +138,11 @@ class SafeExploreLearner:
         self.critic.train()
         for _ in tqdm(range(n_updates), desc=desc, disable=not progress, dynamic_ncols=True):
             batch = self.replay.sample(self.cfg.batch_size, self.rng)
+            with torch.no_grad():
+                rec_act = self.recovery(batch.feat)
             stats = critic_update(self.critic, self.critic_optim, batch, gamma=self.cfg.gamma,
                                   cql_alpha=self.cfg.cql_alpha, n_ood=self.cfg.n_ood, tau=self.cfg.tau,
-                                  generator=self.gen)
+                                  generator=self.gen, policy_act=rec_act)
             stats.update(recovery_update(self.recovery, self.recovery_optim, self.critic, batch.feat,
                                          self.cfg.recovery_action_reg))
             for key, value in stats.items():

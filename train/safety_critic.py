@@ -14,9 +14,9 @@ Training (off-policy, from a replay buffer of all rollouts):
   networks (the maximum is the pessimistic choice for a cost) and ``a'`` the next executed
   chunk stored in the buffer;
 * loss: binary cross-entropy of both heads to ``y`` plus the conservative term
-  ``alpha * (E_{a~D}[Q_C(s, a)] - E_{a~U[-1,1]}[Q_C(s, a)])``: minimising it lowers Q_C on the
-  actions in the data and raises it on actions the data does not support, so unfamiliar actions
-  look risky.
+  ``alpha * (E_{a~D}[Q_C(s, a)] - E_{a~mu}[Q_C(s, a)])`` (``mu``: uniform chunks and the
+  recovery policy's chunks): minimising it lowers Q_C on the actions in the data and raises it
+  on actions the data does not support, so unfamiliar actions look risky.
 
 The screen uses the pessimistic ``max(Q_1, Q_2)`` of the online heads.
 """
@@ -115,8 +115,14 @@ def td_target(critic: SafetyCritic, batch: CriticBatch, gamma: float) -> torch.T
 
 
 def conservative_term(critic: SafetyCritic, batch: CriticBatch, n_ood: int,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """``E_{a~D}[Q] - E_{a~U[-1,1]}[Q]`` averaged over both heads (minimised: OOD goes up)."""
+                      generator: torch.Generator | None = None,
+                      policy_act: torch.Tensor | None = None) -> torch.Tensor:
+    """``E_{a~D}[Q] - E_{a~mu}[Q]`` averaged over both heads (minimised: OOD goes up).
+
+    ``mu``: uniform chunks in [-1, 1]; with ``policy_act`` (B, A) (the recovery policy's chunks,
+    detached) half the weight goes to them, as CQL does for the policy optimised against the
+    critic, so the recovery policy cannot exploit the critic's errors off the data.
+    """
     b = batch.feat.shape[0]
     ood = torch.rand((b * n_ood, critic.action_dim), generator=generator) * 2.0 - 1.0
     feat_rep = batch.feat.repeat_interleave(n_ood, dim=0)
@@ -124,18 +130,26 @@ def conservative_term(critic: SafetyCritic, batch: CriticBatch, n_ood: int,
     o1, o2 = critic.logits(feat_rep, ood)
     data_q = 0.5 * (torch.sigmoid(d1) + torch.sigmoid(d2)).mean()
     ood_q = 0.5 * (torch.sigmoid(o1) + torch.sigmoid(o2)).mean()
+    if policy_act is not None:
+        p1, p2 = critic.logits(batch.feat, policy_act.detach())
+        ood_q = 0.5 * ood_q + 0.25 * (torch.sigmoid(p1) + torch.sigmoid(p2)).mean()
     return data_q - ood_q
 
 
 def critic_update(critic: SafetyCritic, optim: torch.optim.Optimizer, batch: CriticBatch, *,
                   gamma: float, cql_alpha: float, n_ood: int, tau: float,
-                  generator: torch.Generator | None = None) -> dict[str, float]:
-    """One gradient step (BCE to the TD target + alpha * conservative term), then Polyak."""
+                  generator: torch.Generator | None = None,
+                  policy_act: torch.Tensor | None = None) -> dict[str, float]:
+    """One gradient step (BCE to the TD target + alpha * conservative term), then Polyak.
+
+    ``policy_act``: the recovery policy's chunks at ``batch.feat`` (see :func:`conservative_term`).
+    """
     y = td_target(critic, batch, gamma)
     l1, l2 = critic.logits(batch.feat, batch.act)
     bce = nn.functional.binary_cross_entropy_with_logits
     td_loss = bce(l1, y) + bce(l2, y)
-    cons = conservative_term(critic, batch, n_ood, generator) if cql_alpha > 0 else torch.zeros(())
+    cons = (conservative_term(critic, batch, n_ood, generator, policy_act) if cql_alpha > 0
+            else torch.zeros(()))
     loss = td_loss + cql_alpha * cons
     if not torch.isfinite(loss):
         raise FloatingPointError("safety critic loss is not finite (refusing the update)")

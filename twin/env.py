@@ -9,11 +9,13 @@ interpolated EE pose with damped least-squares IK (``Kinematics.ik_step``) and a
 joint-position controller. At every control step the nominal joint velocity (rad/s) passes
 through :attr:`TwinEnv.command_filter` when one is installed: what it returns is applied
 unchanged, and a filter fault (exception, wrong shape, non-finite value) brakes the arm
-(zero joint velocity) instead. A non-finite action is replaced by "hold" (zero delta).
+instead: the joint velocity decays toward zero within the spec's acceleration limits
+(:meth:`TwinEnv.brake`), as the real stack's filter does. A non-finite action is replaced by "hold" (zero delta).
 
 Observation: ``image`` uint8 (H, W, 3) front camera (optional ``wrist_image``), ``proprio``
 float32 [q (rad), dq (rad/s), gripper opening in [0, 1]], ``instruction`` text.
-Reward and costs: :mod:`safetwin.twin.costs`; :class:`World` builds and reads the pybullet scene.
+Reward and costs: :mod:`safetwin.twin.costs`; :class:`safetwin.twin.world.World` builds and reads
+the pybullet scene (re-exported here).
 """
 
 from __future__ import annotations
@@ -26,24 +28,16 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import pybullet as p
 
-from safetwin.safety.spec import Obstacle, SafetySpec
 from safetwin.twin.costs import CostMonitor, TaskReward
 from safetwin.twin.expert import ScriptedExpert, expert_view
 from safetwin.twin.kinematics import Kinematics
-from safetwin.twin.randomization import EpisodeRandomization, apply_dynamics, apply_object_state, sample
-from safetwin.twin.render import (
-    Camera,
-    DirectRenderer,
-    Lighting,
-    ProxyRenderer,
-    has_meshes,
-    link_camera,
-    quat_from_matrix,
-    rotvec_matrix,
-)
-from safetwin.twin.scene import Scene, SceneObject, load_scene
+from safetwin.twin.randomization import EpisodeRandomization, sample
+from safetwin.twin.render import Camera, DirectRenderer, Lighting, ProxyRenderer, has_meshes, rotvec_matrix
+from safetwin.twin.world import GRIPPER_FORCE, POSITION_GAIN, VELOCITY_GAIN, World
+
+__all__ = ["GRIPPER_FORCE", "INSTRUCTION_MAX_LENGTH", "POSITION_GAIN", "VELOCITY_GAIN", "CommandFilter",
+           "TwinEnv", "World"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,220 +47,6 @@ CommandFilter = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray
 INSTRUCTION_MAX_LENGTH = 200
 IK_DAMPING = 0.05
 """Damping of the least-squares IK step (see ``Kinematics.ik_step``)."""
-POSITION_GAIN, VELOCITY_GAIN = 0.3, 1.0
-"""Gains of pybullet's joint-position motors (dimensionless, pybullet's convention)."""
-GRIPPER_FORCE = 20.0
-"""N: force of the finger position motors."""
-
-
-class World:
-    """The pybullet world of one scene: table, robot and objects in a DIRECT client.
-
-    All poses handed out are in the robot **base** frame (m); pybullet works in the world
-    frame and the scene's ``robot.base`` pose links the two.
-    """
-
-    def __init__(self, scene: Any) -> None:
-        self.scene: Scene = scene if isinstance(scene, Scene) else load_scene(scene)
-        self.spec, self.kin = self.scene.safety, Kinematics.for_scene(self.scene)
-        ctrl = self.scene.control
-        self.substeps, self.control_steps = ctrl.physics_hz // ctrl.control_hz, ctrl.control_hz // ctrl.policy_hz
-        self.control_dt = 1.0 / ctrl.control_hz
-        self.client = c = p.connect(p.DIRECT)
-        try:
-            self._build()
-        except Exception:
-            p.disconnect(c)
-            raise
-
-    def _build(self) -> None:
-        """(Re)create the whole simulation; body ids come out the same every time."""
-        c, robot = self.client, self.scene.robot
-        p.resetSimulation(physicsClientId=c)
-        p.setGravity(0.0, 0.0, -9.81, physicsClientId=c)
-        p.setTimeStep(1.0 / self.scene.control.physics_hz, physicsClientId=c)
-        p.setPhysicsEngineParameter(deterministicOverlappingPairs=1, physicsClientId=c)
-        self.base_T = robot.base.matrix()
-        self._base_identity = bool(np.allclose(self.base_T[:3, :3], np.eye(3)))
-        self._keepout_world: list[tuple[list[float], list[float]]] | None = None
-        self.robot = p.loadURDF(str(robot.urdf), robot.base.xyz, p.getQuaternionFromEuler(robot.base.rpy),
-                                useFixedBase=True, flags=p.URDF_USE_INERTIA_FROM_FILE, physicsClientId=c)
-        index = {p.getJointInfo(self.robot, i, physicsClientId=c)[1].decode(): i
-                 for i in range(p.getNumJoints(self.robot, physicsClientId=c))}
-        self.link_index = {p.getJointInfo(self.robot, i, physicsClientId=c)[12].decode(): i for i in index.values()}
-        self.joint_ids = [index[name] for name in robot.joint_names]
-        self.ee_index = self.link_index[robot.ee_link]
-        self.efforts = [max(j.effort, 1.0) for j in robot.joints]
-        self.gripper_ids = [index[name] for name in robot.gripper.joints] if robot.gripper else []
-        self.n_joints = len(self.joint_ids)
-        self.table = _make_body(c, self.scene.table)
-        objs = [o for o in self.scene.objects]
-        self.body = {o.name: _make_body(c, o) for o in objs}
-        self.object_names = [o.name for o in objs]
-        self.hazards = {self.body[o.name]: o.role for o in objs if o.role in ("fragile", "obstacle")}
-        self.target = self.scene.task.targets[0]
-        self.home_rot = self.kin.ee_pose(robot.home)[1]
-
-    def current_spec(self) -> SafetySpec:
-        """The scene's spec with its obstacles at the objects' present poses (base frame)."""
-        nominal = {o.name: o for o in self.spec.obstacles}
-        obstacles = []
-        for name, ob in nominal.items():
-            lo, hi = self.object_box(name)
-            obstacles.append(Obstacle(name=name, role=ob.role, center=tuple(float(v) for v in (lo + hi) / 2),
-                                      half_extents=tuple(float(v) for v in (hi - lo) / 2), radius=ob.radius))
-        return self.spec.with_obstacles(obstacles)
-
-    def bodies(self) -> list[int]:
-        return [self.table, self.robot, *self.body.values()]
-
-    def reset_state(self, params: EpisodeRandomization) -> None:
-        """Home the robot and place every object at its (jittered) pose with its sampled
-        dynamics and colour."""
-        c, robot = self.client, self.scene.robot
-        self._build()  # a fresh simulation: no contact caches or solver state carried over (determinism)
-        for jid, home in zip(self.joint_ids, robot.home, strict=False):
-            p.resetJointState(self.robot, jid, float(home), 0.0, physicsClientId=c)
-        p.setJointMotorControlArray(self.robot, self.joint_ids, p.POSITION_CONTROL,
-                                    targetPositions=list(robot.home), forces=self.efforts, physicsClientId=c)
-        if robot.gripper:
-            for gid in self.gripper_ids:
-                p.resetJointState(self.robot, gid, robot.gripper.closed, 0.0, physicsClientId=c)
-            self.set_gripper(-1.0)
-        apply_object_state(c, self.scene.objects, self.body, params)
-        dynamic = {o.name: self.body[o.name] for o in self.scene.objects if o.collides}
-        apply_dynamics(c, params, dynamic, {o.name: o.mass for o in self.scene.objects}, self.robot, self.joint_ids)
-
-    def choose_target(self, rng: np.random.Generator) -> str:
-        """Draw the episode's target object and instruction template; return the instruction."""
-        task = self.scene.task
-        self.target = task.targets[int(rng.integers(len(task.targets)))]
-        return task.instruction(int(rng.integers(len(task.instructions))), self.scene.object(self.target))
-
-    # ------------------------------------------------------------------ state
-    def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
-        """Controlled joint positions (rad) and velocities (rad/s)."""
-        states = p.getJointStates(self.robot, self.joint_ids, physicsClientId=self.client)
-        return np.array([s[0] for s in states]), np.array([s[1] for s in states])
-
-    def gripper_opening(self) -> float:
-        """Gripper opening in [0, 1] (0 closed, 1 open); 0 without a gripper."""
-        g = self.scene.robot.gripper
-        if not g:
-            return 0.0
-        pos = p.getJointState(self.robot, self.gripper_ids[0], physicsClientId=self.client)[0]
-        return float(np.clip((pos - g.closed) / (g.open - g.closed), 0.0, 1.0))
-
-    def set_gripper(self, command: float) -> None:
-        """Drive the fingers to ``closed + (command + 1) / 2 * (open - closed)`` (m)."""
-        g = self.scene.robot.gripper
-        if not g:
-            return
-        target = g.closed + (float(np.clip(command, -1.0, 1.0)) + 1.0) / 2.0 * (g.open - g.closed)
-        p.setJointMotorControlArray(self.robot, self.gripper_ids, p.POSITION_CONTROL,
-                                    targetPositions=[target] * len(self.gripper_ids),
-                                    forces=[GRIPPER_FORCE] * len(self.gripper_ids), physicsClientId=self.client)
-
-    def apply_joint_velocity(self, q: np.ndarray, qd: np.ndarray, dt: float) -> None:
-        """Joint-position control toward ``q + qd * dt`` with feed-forward velocity ``qd`` (rad/s)."""
-        p.setJointMotorControlArray(self.robot, self.joint_ids, p.POSITION_CONTROL,
-                                    targetPositions=(q + qd * dt).tolist(), targetVelocities=qd.tolist(),
-                                    forces=self.efforts, positionGains=[POSITION_GAIN] * self.n_joints,
-                                    velocityGains=[VELOCITY_GAIN] * self.n_joints, physicsClientId=self.client)
-
-    def step_physics(self) -> None:
-        p.stepSimulation(physicsClientId=self.client)
-
-    def object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Object centre (3,) m and quaternion (x, y, z, w), base frame."""
-        pos, orn = p.getBasePositionAndOrientation(self.body[name], physicsClientId=self.client)
-        if self._base_identity:
-            quat = np.asarray(orn)
-        else:
-            quat = quat_from_matrix(self.base_T[:3, :3].T @ np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3))
-        return self.base_T[:3, :3].T @ (np.asarray(pos) - self.base_T[:3, 3]), quat
-
-    def object_box(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Axis-aligned bounds (lo, hi) of an object's collision shape (m, base frame)."""
-        lo, hi = p.getAABB(self.body[name], physicsClientId=self.client)
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        local = (corners - self.base_T[:3, 3]) @ self.base_T[:3, :3]
-        return local.min(axis=0), local.max(axis=0)
-
-    def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """EE position (m) and rotation, base frame (from the kinematics)."""
-        return self.kin.ee_pose(self.joint_state()[0])
-
-    def robot_near_keepout(self, margin: float) -> bool:
-        """Broad phase: does any robot link AABB overlap a keep-out box grown by ``margin`` (m)?"""
-        if self._keepout_world is None:
-            boxes = []
-            for box in self.spec.keepout:
-                corners = np.array([[x, y, z] for x in (box.lo[0], box.hi[0]) for y in (box.lo[1], box.hi[1])
-                                    for z in (box.lo[2], box.hi[2])]) @ self.base_T[:3, :3].T + self.base_T[:3, 3]
-                boxes.append(((corners.min(axis=0) - margin).tolist(), (corners.max(axis=0) + margin).tolist()))
-            self._keepout_world = boxes
-        for lo, hi in self._keepout_world:
-            hits = p.getOverlappingObjects(lo, hi, physicsClientId=self.client) or ()
-            if any(body == self.robot for body, _ in hits):
-                return True
-        return False
-
-    def ee_point_velocity(self) -> tuple[np.ndarray, float]:
-        """EE position (m, base frame) and linear speed (m/s), measured by pybullet."""
-        st = p.getLinkState(self.robot, self.ee_index, computeLinkVelocity=1, computeForwardKinematics=1,
-                            physicsClientId=self.client)
-        pos = self.base_T[:3, :3].T @ (np.asarray(st[4]) - self.base_T[:3, 3])
-        return pos, float(np.linalg.norm(st[6]))
-
-    def privileged(self) -> np.ndarray:
-        """float32 state for asymmetric critics (base frame): EE position (3) and the first two
-        columns of its rotation (6), q, dq, gripper opening, the target object's position and
-        quaternion (7), the goal position (3), every object's position (3 each, scene order)
-        and a one-hot of the drawn target among ``task.targets``."""
-        q, dq = self.joint_state()
-        ee_p, ee_r = self.kin.ee_pose(q)
-        t_pos, t_quat = self.object_pose(self.target)
-        goal = self.goal_position()
-        objs = [self.object_pose(n)[0] for n in self.object_names]
-        onehot = [float(t == self.target) for t in self.scene.task.targets]
-        return np.concatenate([ee_p, ee_r[:, 0], ee_r[:, 1], q, dq, [self.gripper_opening()], t_pos, t_quat,
-                               goal, *objs, onehot]).astype(np.float32)
-
-    def goal_position(self) -> np.ndarray:
-        """The goal (m, base): the goal zone's centre (push) or the target marker's (reach)."""
-        goal = self.scene.task.goal
-        return self.object_pose(goal if goal is not None else self.target)[0]
-
-    def wrist_camera(self, size: int) -> Camera:
-        """The scene's wrist camera at the present link pose."""
-        cfg = self.scene.wrist_camera
-        return link_camera(self.client, self.robot, self.link_index[cfg.link], cfg, size)
-
-    def close(self) -> None:
-        if p.isConnected(self.client):
-            p.disconnect(self.client)
-
-
-def _make_body(client: int, obj: SceneObject) -> int:
-    """A pybullet body for a scene object (goal zones are visual-only)."""
-    s, kw = obj.shape, {"physicsClientId": client}
-    if s.kind == "box":
-        col = {"shapeType": p.GEOM_BOX, "halfExtents": [v / 2 for v in s.size]}
-        vis = dict(col)
-    elif s.kind == "sphere":
-        col = vis = {"shapeType": p.GEOM_SPHERE, "radius": s.size[0]}
-    elif s.kind == "cylinder":
-        col = {"shapeType": p.GEOM_CYLINDER, "radius": s.size[0], "height": s.size[1]}
-        vis = {"shapeType": p.GEOM_CYLINDER, "radius": s.size[0], "length": s.size[1]}
-    else:
-        col = {"shapeType": p.GEOM_MESH, "fileName": str(s.collision), "meshScale": list(s.size)}
-        vis = {"shapeType": p.GEOM_MESH, "fileName": str(s.mesh), "meshScale": list(s.size)}
-    col_id = p.createCollisionShape(**col, **kw) if obj.collides else -1
-    vis_id = p.createVisualShape(rgbaColor=list(obj.rgba), **vis, **kw)
-    return p.createMultiBody(baseMass=obj.mass if obj.collides else 0.0, baseCollisionShapeIndex=col_id,
-                             baseVisualShapeIndex=vis_id, basePosition=list(obj.pose.xyz),
-                             baseOrientation=p.getQuaternionFromEuler(obj.pose.rpy), **kw)
 
 
 class TwinEnv(gym.Env):
@@ -306,6 +86,7 @@ class TwinEnv(gym.Env):
         self.scene, self.safety_spec, self.kin = self.world.scene, self.world.spec, self.world.kin
         self.reward_fn = TaskReward(self.scene.task, success_bonus, gamma, shaping_scale)
         self.command_filter: CommandFilter | None = None
+        self._accel_max = np.array([j.acceleration for j in self.safety_spec.joints], dtype=np.float64)
         self.expert = ScriptedExpert()
         w = self.world
         use_proxy = renderer == "proxy" or (renderer == "auto" and has_meshes(w.client, w.bodies()))
@@ -425,7 +206,7 @@ class TwinEnv(gym.Env):
             self.costs.observe_state(q, dq, ee, speed, centers, radii)
 
     def _filtered(self, q: np.ndarray, dq: np.ndarray, nominal: np.ndarray, dt: float) -> np.ndarray:
-        """The command to apply: the filter's output exactly, or zero (brake) on a filter fault."""
+        """The command to apply: the filter's output exactly, or :meth:`brake` on a filter fault."""
         qd = nominal
         if self.command_filter is not None:
             try:
@@ -435,9 +216,17 @@ class TwinEnv(gym.Env):
             except Exception as exc:  # fail closed: brake on any filter fault
                 logger.warning("command_filter fault (%s); braking", exc)
                 self.filter_faults += 1
-                qd = np.zeros_like(nominal)
+                qd = self.brake(dq, dt)
         self.last_command = {"q": q, "dq": dq, "nominal": nominal, "applied": qd}
         return qd
+
+    def brake(self, dq: np.ndarray, dt: float) -> np.ndarray:
+        """The brake command (rad/s): decelerate toward zero within the spec's joint
+        acceleration limits, ``dq - clip(dq, -a_max dt, a_max dt)``, the same rule as
+        ``SafetyFilter.brake``; a joint whose velocity is not finite is commanded 0."""
+        dq = np.where(np.isfinite(dq), dq, 0.0)
+        step = self._accel_max * dt
+        return dq - np.clip(dq, -step, step)
 
     # ------------------------------------------------------------------ observation / info
     def _episode_camera(self) -> tuple[Camera, Lighting]:

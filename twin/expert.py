@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+MAX_YAW_OVERRUN = 0.6
+"""rad the gripper yaw may go past +-pi/2 (relative to home) to avoid a half-turn flip."""
+
 Box3 = tuple[np.ndarray, np.ndarray]
 """An axis-aligned box as (lo (3,), hi (3,)) in m, base frame."""
 
@@ -42,15 +45,23 @@ class ExpertConfig:
         object_clearance: m kept from the pushed object while getting behind it.
         push_depth: m below the object's centre the EE pushes at (0 pushes at the centre).
         zone_fraction: fraction of the success distance the object's aim may move off the goal centre.
-        pusher_half_width: m; half the gripper's width across the push direction (the object's
-            swept corridor is widened to it when planning the push path).
+        pusher_front, pusher_back, pusher_half_length: m; the gripper's footprint on the table
+            plane around the EE point at push height, in the gripper's home-yaw frame: it spans
+            [-pusher_back, pusher_front] along base x (the wrist and gripper body lie behind) and
+            +-pusher_half_length along base y (the finger bar); measured from the bundled arm's
+            collision shapes. The push planner checks this footprint, turned by the leg's yaw,
+            against every hazard.
+        pusher_margin: m kept between the turned footprint and every hazard while pushing.
+        path_clearance: m kept between the pushed object (any yaw) and every hazard by its path.
         push_speed_factor: factor on the speed while in contact (pushing), against contact spikes.
         retreat: m the EE backs off along a finished push before heading for the next one.
         leg_tolerance: m; an intermediate aim point of the pushed object counts as reached.
+        reversal_speed: fraction of the speed-limited step above which a reversal of the
+            commanded EE motion (a turn by over ~105 degrees) is preceded by one step of hold.
     """
 
     speed_fraction: float = 0.65
-    clearance: float = 0.06
+    clearance: float = 0.075
     min_clearance: float = 0.03
     cruise_margin: float = 0.04
     tolerance: float = 0.006
@@ -59,16 +70,24 @@ class ExpertConfig:
     object_clearance: float = 0.008
     push_depth: float = 0.0
     zone_fraction: float = 0.6
-    pusher_half_width: float = 0.025
+    pusher_front: float = 0.02
+    pusher_back: float = 0.058
+    pusher_half_length: float = 0.06
+    pusher_margin: float = 0.012
+    path_clearance: float = 0.025
     push_speed_factor: float = 0.7
     retreat: float = 0.04
     leg_tolerance: float = 0.012
+    reversal_speed: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.speed_fraction <= 1.0:
             raise ValueError(f"speed_fraction must be in (0, 1], got {self.speed_fraction}")
-        for name in ("clearance", "cruise_margin", "tolerance", "push_standoff",
-                     "push_lateral_tolerance", "object_clearance"):
+        if self.reversal_speed < 0.0:
+            raise ValueError(f"reversal_speed must be >= 0, got {self.reversal_speed}")
+        for name in ("clearance", "cruise_margin", "tolerance", "push_standoff", "push_lateral_tolerance",
+                     "object_clearance", "pusher_front", "pusher_back", "pusher_half_length", "pusher_margin",
+                     "path_clearance"):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -156,7 +175,11 @@ def plan(start: np.ndarray, goal: np.ndarray, boxes: list[tuple[Box3, float]], m
              if _clear(start, c[0], boxes) and all(_clear(a, b, boxes) for a, b in zip(c[:-1], c[1:], strict=False))]
     if clear:
         return min(clear, key=lambda c: _path_length([start, *c]))
-    top = max(float(box[1][2]) + grow for box, grow in boxes)
+    # cross above the boxes under the straight line (seen from above), not above every box
+    a0, b0 = np.array([start[0], start[1], 0.0]), np.array([goal[0], goal[1], 0.0])
+    under = [(box, grow) for box, grow in boxes
+             if segment_hits_box(a0, b0, (np.array([*box[0][:2], -1.0]), np.array([*box[1][:2], 1.0])), grow)]
+    top = max((float(box[1][2]) + grow for box, grow in under or boxes), default=0.0)
     cruise = max(top + margin, float(start[2]), float(goal[2]))
     return [np.array([start[0], start[1], cruise]), np.array([goal[0], goal[1], cruise]), goal]
 
@@ -183,30 +206,69 @@ def _rotation_error(rot: np.ndarray, home: np.ndarray) -> np.ndarray:
     return np.zeros(3) if norm < 1e-9 else axis / norm * angle
 
 
-def _plan_object_path(obj: np.ndarray, goal: np.ndarray, hazards: list[Box3], grow: float,
-                      zone: float) -> list[np.ndarray]:
-    """Aim points (xy, m) for the pushed object: straight to the goal when the swept object
-    clears every hazard (grown by ``grow``), else the shortest axis-aligned detour (sideways,
-    along, back) that does, ending anywhere within ``zone`` of the goal centre."""
+def footprint(yaw: float, cfg: ExpertConfig) -> Box3:
+    """Offsets (lo (3,), hi (3,)) m, base frame, of the axis-aligned box round the gripper's
+    footprint (:class:`ExpertConfig` ``pusher_*``) turned by ``yaw`` (rad) about base z."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    corners = np.array([[x, y] for x in (-cfg.pusher_back, cfg.pusher_front)
+                        for y in (-cfg.pusher_half_length, cfg.pusher_half_length)]) @ np.array([[c, s], [-s, c]])
+    return np.array([*corners.min(axis=0), 0.0]), np.array([*corners.max(axis=0), 0.0])
+
+
+def _yaw_options(d: np.ndarray, previous: float) -> list[float]:
+    """Yaws laying the finger bar along ``d`` within the wrist's reach, nearest ``previous`` first."""
+    base = float(np.arctan2(d[1], d[0]) - np.pi / 2)
+    options = [base + k * np.pi for k in range(-2, 3) if abs(base + k * np.pi) <= np.pi / 2 + MAX_YAW_OVERRUN]
+    return sorted(options, key=lambda y: abs(y - previous))
+
+
+def _leg_yaw(a: np.ndarray, b: np.ndarray, flat: list[Box3], grow: float, reach: float, yaw0: float,
+             cfg: ExpertConfig) -> float | None:
+    """The yaw for pushing the object from ``a`` to ``b`` (xy, m) such that the object (grown by
+    ``grow``) and the gripper footprint behind it (``reach`` m back along the leg) clear every
+    hazard; None when no yaw does."""
+    a3, b3 = np.array([*a, 0.0]), np.array([*b, 0.0])
+    if any(segment_hits_box(a3, b3, box, grow) for box in flat):
+        return None
+    d = (b3 - a3) / max(float(np.linalg.norm(b3 - a3)), 1e-9)
+    ea, eb = a3 - d * (reach + cfg.push_standoff), b3 - d * reach  # from the pre-push pose on
+    for yaw in _yaw_options(d[:2], yaw0):
+        lo, hi = footprint(yaw, cfg)
+        if not any(segment_hits_box(ea, eb, (box[0] - hi, box[1] - lo), cfg.pusher_margin) for box in flat):
+            return yaw
+    return None
+
+
+def _plan_object_path(obj: np.ndarray, goal: np.ndarray, hazards: list[Box3], grow: float, zone: float,
+                      reach: float, cfg: ExpertConfig, yaw0: float = 0.0) -> list[tuple[np.ndarray, float]]:
+    """Legs (aim point xy m, gripper yaw rad) for the pushed object: straight to the goal when the
+    swept object (grown by ``grow``) and the gripper's swept footprint clear every hazard, else the
+    shortest axis-aligned detour that does, ending anywhere within ``zone`` of the goal centre."""
     flat = [(np.array([h[0][0], h[0][1], -1.0]), np.array([h[1][0], h[1][1], 1.0])) for h in hazards]
-
-    def clear(path: list[np.ndarray]) -> bool:
-        return all(not segment_hits_box(np.array([*a, 0.0]), np.array([*b, 0.0]), box, grow)
-                   for a, b in zip(path[:-1], path[1:], strict=False) for box in flat)
-
     aims = [goal + np.array(v) * zone for v in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))]
     paths = []
     for aim in aims:
-        paths.append([obj, aim])
-        paths += [[obj, np.array([obj[0], aim[1]]), aim], [obj, np.array([aim[0], obj[1]]), aim]]
+        paths += [[obj, aim], [obj, np.array([obj[0], aim[1]]), aim], [obj, np.array([aim[0], obj[1]]), aim]]
         for side in (0.03, -0.03, 0.05, -0.05, 0.07, -0.07, 0.09, -0.09):
             y = aim[1] + side
             paths.append([obj, np.array([obj[0], y]), np.array([aim[0], y]), aim])
-    ok = [path for path in paths if clear(path)]
-    if not ok:
-        return [goal]
-    best = min(ok, key=lambda path: _path_length(path) + 0.15 * (len(path) - 2))
-    return best[1:]
+    best, best_cost = None, np.inf
+    for path in paths:
+        legs, yaw, turn = [], yaw0, 0.0
+        for a, b in zip(path[:-1], path[1:], strict=False):
+            new = _leg_yaw(a, b, flat, grow, reach, yaw, cfg)
+            if new is None:
+                break
+            legs.append((b, new))
+            turn, yaw = turn + abs(new - yaw), new
+        if len(legs) == len(path) - 1:
+            cost = _path_length(path) + 0.15 * (len(path) - 2) + 0.1 * turn  # ~0.1 m of pushing per rad turned
+            if cost < best_cost:
+                best, best_cost = legs, cost
+    if best is None:
+        d = goal - obj
+        return [(goal, _yaw_options(d, yaw0)[0] if np.linalg.norm(d) > 1e-9 else yaw0)]
+    return best
 
 
 class ScriptedExpert:
@@ -218,12 +280,13 @@ class ScriptedExpert:
 
     def reset(self) -> None:
         """Forget the pushed object's planned path (a new episode starts)."""
-        self._legs: list[np.ndarray] | None = None
+        self._legs: list[tuple[np.ndarray, float]] | None = None
         self._leg = 0
         self._yaw = 0.0
         self._slow = 1.0
         self._retreat: np.ndarray | None = None
         self._push_dir = np.zeros(2)
+        self._last_delta = np.zeros(3)
 
     def act(self, view: ExpertView) -> np.ndarray:
         """Action (7,) float32 in [-1, 1]: (dx, dy, dz, droll, dpitch, dyaw, gripper)."""
@@ -239,10 +302,12 @@ class ScriptedExpert:
 
     def _boxes(self, view: ExpertView, goal: np.ndarray, extra: list[tuple[Box3, float]]) -> list[tuple[Box3, float]]:
         """Hazards with their growth: ``clearance``, reduced (down to ``min_clearance``) for a box
-        the goal itself lies closer to (per-axis gap), so a goal near a hazard stays reachable."""
+        the goal or the EE itself lies closer to (per-axis gap), so a goal near a hazard stays
+        reachable and the EE can leave a spot near one (it never gets closer than it is)."""
         cfg, out = self.config, []
+        ee = np.asarray(view.ee_pos, dtype=float)
         for box in view.hazards + view.extra_hazards:
-            gap = float(np.max(np.maximum(box[0] - goal, goal - box[1])))
+            gap = min(float(np.max(np.maximum(box[0] - p, p - box[1]))) for p in (goal, ee))
             out.append((box, min(cfg.clearance, max(cfg.min_clearance, gap - cfg.tolerance))))
         return out + extra
 
@@ -252,25 +317,28 @@ class ScriptedExpert:
         waypoints = plan(ee, goal, boxes, self.config.cruise_margin)
         return next_point(ee, waypoints, boxes, self.config.tolerance)
 
-    def _object_aim(self, view: ExpertView, obj: np.ndarray, half: np.ndarray) -> np.ndarray:
+    def _object_aim(self, view: ExpertView, obj: np.ndarray, half: np.ndarray, reach: float) -> np.ndarray:
+        """The object's present aim point (xy); plans the legs at the first call of an episode
+        and sets the leg's gripper yaw."""
         cfg = self.config
         if self._legs is None:
-            grow = max(float(np.max(half[:2])), cfg.pusher_half_width) + cfg.object_clearance
+            grow = float(np.hypot(half[0], half[1])) + cfg.path_clearance  # any object yaw
             self._legs = _plan_object_path(obj[:2], np.asarray(view.goal, float)[:2], view.hazards, grow,
-                                           cfg.zone_fraction * view.success_distance)
-        while self._leg < len(self._legs) - 1 and np.linalg.norm(self._legs[self._leg] - obj[:2]) < cfg.leg_tolerance:
+                                           cfg.zone_fraction * view.success_distance, reach, cfg)
+        while self._leg < len(self._legs) - 1 and np.linalg.norm(self._legs[self._leg][0] - obj[:2]) < cfg.leg_tolerance:
             self._leg += 1
             # back off along the finished push before turning or lifting the gripper
             ee = np.asarray(view.ee_pos, float)
             self._retreat = np.array([*(ee[:2] - self._push_dir * cfg.retreat), ee[2]])
-        return self._legs[self._leg]
+        aim, self._yaw = self._legs[self._leg]
+        return aim
 
     def _push_aim(self, view: ExpertView) -> np.ndarray:
         if view.object_pos is None or view.object_half is None or view.goal is None:
             raise ValueError("push task needs ExpertView.object_pos, object_half and goal")
         cfg = self.config
         obj, half = np.asarray(view.object_pos, float), np.asarray(view.object_half, float)
-        aim_xy = self._object_aim(view, obj, half)
+        aim_xy = self._object_aim(view, obj, half, float(np.max(half[:2])) + view.ee_radius)
         if self._retreat is not None:
             if np.linalg.norm(self._retreat - np.asarray(view.ee_pos, float)) > cfg.tolerance:
                 return self._retreat
@@ -278,8 +346,6 @@ class ScriptedExpert:
         to_aim = aim_xy - obj[:2]
         dist = float(np.linalg.norm(to_aim))
         d = to_aim / max(dist, 1e-9)
-        # turn the gripper about the vertical so its finger bar (base y at home) lies along d
-        self._yaw = float((np.arctan2(d[1], d[0]) - np.pi / 2 + np.pi / 2) % np.pi - np.pi / 2)
         reach = float(np.abs(d[0]) * half[0] + np.abs(d[1]) * half[1]) + view.ee_radius
         push_z = obj[2] - cfg.push_depth
         ee = np.asarray(view.ee_pos, float)
@@ -295,6 +361,8 @@ class ScriptedExpert:
             self._slow, self._push_dir = cfg.push_speed_factor, d
             return np.array([ee[0] + step[0], ee[1] + step[1], push_z])
         pre = np.array([*(obj[:2] - d * (reach + cfg.push_standoff)), push_z])
+        if along < -reach and abs(ee[2] - push_z) < 0.015:
+            return self._route(view, pre, [])  # behind the object already: slide straight into line
         obj_box: Box3 = (obj - half, obj + half)
         return self._route(view, pre, [(obj_box, cfg.object_clearance + view.ee_radius)])
 
@@ -305,6 +373,12 @@ class ScriptedExpert:
         self._slow = 1.0
         if norm > limit:
             delta = delta / norm * limit
+        # stop for one step before reversing a fast motion: a sudden reversal overshoots the speed limit
+        last = float(np.linalg.norm(self._last_delta))
+        if last > self.config.reversal_speed * view.step_limit and \
+                float(delta @ self._last_delta) < -0.25 * last * float(np.linalg.norm(delta)):
+            delta = np.zeros(3)
+        self._last_delta = delta
         c, s_ = np.cos(yaw), np.sin(yaw)
         rz = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
         rot = _rotation_error(np.asarray(view.ee_rot, float), rz @ np.asarray(view.home_rot, float))
@@ -316,7 +390,7 @@ class ScriptedExpert:
 
 
 def expert_view(world: Any, config: ExpertConfig) -> ExpertView:
-    """Build the expert's privileged view from a ``safetwin.twin.env.World`` (base frame)."""
+    """Build the expert's privileged view from a ``safetwin.twin.world.World`` (base frame)."""
     scene, spec = world.scene, world.spec
     ee_p, ee_r = world.ee_pose()
     hazards = [world.object_box(o.name) for o in scene.objects if o.role in ("fragile", "obstacle")]

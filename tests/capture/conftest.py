@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from safetwin.twin.capture.formats import Intrinsics
 from safetwin.twin.capture.synthetic import Primitive, SyntheticWorld, write_synthetic_capture
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pybullet as p
 import pytest
+
 from safetwin.twin.capture.export import box_inertia, export_object, to_local
 from safetwin.twin.capture.objects import PhysicalPriors, build_object
 from safetwin.twin.capture.segment import ObjectCluster, PlaneFit

@@ -8,6 +8,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+
 from safetwin.twin.capture.formats import (
     GL_TO_CV,
     CaptureError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import open3d as o3d
 import pytest
+
 from safetwin.twin.capture.formats import Capture, CaptureError, CaptureFrame, Intrinsics, read_open3d_rgbd
 from safetwin.twin.capture.fusion import fuse_tsdf
 from safetwin.twin.capture.objects import PhysicalPriors, build_object, closed_mesh, upright_box

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from safetwin.safety.runio import ConfigError, config_from_dict
 from safetwin.twin.capture.formats import CaptureError
 from safetwin.twin.capture.pipeline import CaptureConfig, run_capture
@@ -155,6 +156,7 @@ def test_roles_rename_and_reassign_captured_objects():
 def test_capture_of_a_bare_wall_finds_no_plane_and_writes_nothing(tmp_path):
     """A camera facing a wall: no horizontal support plane, a clear error, no scene folder."""
     import cv2
+
     from safetwin.twin.capture.formats import Intrinsics, write_transforms_json
 
     cap = tmp_path / "wall"

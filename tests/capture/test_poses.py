@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from safetwin.twin.capture.formats import CaptureError, read_capture, read_color, read_open3d_rgbd
 from safetwin.twin.capture.odometry import estimate_poses, relative_pose_errors, rigid_fit
 from safetwin.twin.capture.registration import (
@@ -88,3 +89,20 @@ def test_calibration_yaml_errors_name_the_key(tmp_path):
         load_calibration(path)
     with pytest.raises(CaptureError, match="unknown ArUco dictionary"):
         BoardSpec(dictionary="DICT_NOPE")
+
+
+def test_one_misregistered_view_does_not_tilt_the_scene(synthetic_capture):
+    """A frame whose camera pose is off by 5 cm and 5 deg is voted out of the board average."""
+    cap = read_capture(synthetic_capture)
+    cal = load_calibration(synthetic_capture / "calibration.yaml")
+    images = [read_color(f.color_path) for f in cap.frames]
+    poses = cap.poses()
+    seen = [i for i, img in enumerate(images) if detect_board(img, cal.board, cap.intrinsics) is not None]
+    _, all_views = register_to_base(images, poses, cap.intrinsics, cal)
+    poses[seen[0]] = poses[seen[0]] @ make_pose((0.05, 0.0, 0.0), (0.0, np.radians(5), 0.0))
+    t_base_world, views = register_to_base(images, poses, cap.intrinsics, cal)
+    assert views == all_views - 1 == len(seen) - 1
+    t_world_base = np.array(json.loads((synthetic_capture / "ground_truth.json").read_text())["T_world_base"])
+    err = t_base_world @ t_world_base
+    assert np.linalg.norm(err[:3, 3]) < 0.005
+    assert np.degrees(np.arccos(np.clip((np.trace(err[:3, :3]) - 1) / 2, -1, 1))) < 0.5

@@ -6,6 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+
 from safetwin.twin.capture.formats import CaptureError, Intrinsics, load_frame, read_capture
 from safetwin.twin.capture.realsense import CaptureWriter, record
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 import pytest
+
 from safetwin.twin.capture.formats import CaptureError, Intrinsics
 from safetwin.twin.capture.nerf import (
     NerfConfig,

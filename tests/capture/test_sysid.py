@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from safetwin.twin.capture.sysid import PushRig, identify, simulate_push
 
 PRIORS = {"friction": 0.5, "mass": 0.5, "damping": 1.0}

@@ -144,8 +144,47 @@ def test_filter_fault_brakes(reach: TwinEnv) -> None:
         finally:
             reach.command_filter = None
         assert info["filter_faults"] == reach.world.control_steps
-        assert np.all(reach.last_command["applied"] == 0.0)
+        cmd = reach.last_command
+        assert np.linalg.norm(cmd["nominal"]) > 0.1 and not np.allclose(cmd["applied"], cmd["nominal"])
+        assert np.all(np.abs(cmd["applied"]) <= np.abs(cmd["dq"]))
         assert np.linalg.norm(reach.world.joint_state()[0] - q0) < 0.02
+
+
+def test_filter_fault_mid_motion_decelerates_within_limits(reach: TwinEnv) -> None:
+    """Scenario B5 while moving: the brake ramps the joint velocity down at the spec's
+    acceleration limit (no instant zero, no nominal pass-through)."""
+    reach.reset(seed=0)
+    for _ in range(3):
+        reach.step(np.array([0, 1, 0, 0, 0, 0, -1], np.float32))
+    dq = reach.world.joint_state()[1]
+    assert np.max(np.abs(dq)) > 0.3
+    a_max = np.array([j.acceleration for j in reach.safety_spec.joints])
+    dt = reach.world.control_dt
+    applied = []
+
+    def broken(q, dq, qd, dt):  # noqa: ANN001, ANN202
+        raise RuntimeError("solver crashed")
+
+    reach.command_filter = broken
+    original = reach._filtered
+
+    def spy(q, dq, nominal, dt):  # noqa: ANN001, ANN202
+        out = original(q, dq, nominal, dt)
+        applied.append((dq.copy(), out.copy()))
+        return out
+
+    reach._filtered = spy
+    try:
+        reach.step(np.array([0, 1, 0, 0, 0, 0, -1], np.float32))
+    finally:
+        reach.command_filter = None
+        del reach._filtered
+    dq_first, cmd_first = applied[0]
+    expected = dq_first - np.clip(dq_first, -a_max * dt, a_max * dt)
+    assert np.allclose(cmd_first, expected) and np.linalg.norm(cmd_first) > 0.0
+    assert np.all(np.abs(cmd_first) <= np.abs(dq_first))
+    assert np.all(np.abs(dq_first - cmd_first) <= a_max * dt + 1e-12)
+    assert np.all(np.sign(cmd_first[np.abs(cmd_first) > 0]) == np.sign(dq_first[np.abs(cmd_first) > 0]))
 
 
 def test_nan_action_holds(reach: TwinEnv) -> None:

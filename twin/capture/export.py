@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import open3d as o3d
+
 from safetwin.safety.runio import atomic_write_text
 
 from .objects import ObjectModel, convex_decomposition

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import open3d as o3d
+
 from safetwin.safety.runio import ConfigError, config_to_dict
 
 from ..scene import SCENES_DIR

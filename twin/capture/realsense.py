@@ -15,8 +15,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from safetwin.safety.runio import atomic_write_bytes, atomic_write_json
 from tqdm import tqdm
+
+from safetwin.safety.runio import atomic_write_bytes, atomic_write_json
 
 from .formats import CaptureError, Intrinsics
 

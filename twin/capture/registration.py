@@ -24,6 +24,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from safetwin.safety.runio import atomic_write_text, load_yaml
 from safetwin.safety.spec import Fields, SpecError
 
@@ -123,9 +124,11 @@ def write_calibration(path: Path, cal: Calibration) -> None:
 
 
 def detect_board(image_rgb: np.ndarray, spec: BoardSpec, intr: Intrinsics,
-                 min_corners: int = 6) -> np.ndarray | None:
+                 min_corners: int = 6, max_reprojection_px: float = 1.5) -> np.ndarray | None:
     """Pose of the board in the camera frame, ``T_cam_board`` (4x4, OpenCV camera, m), from the
-    ChArUco corners of one image; None when fewer than ``min_corners`` corners are found."""
+    ChArUco corners of one image; None when fewer than ``min_corners`` corners are found or the
+    fit's RMS reprojection error exceeds ``max_reprojection_px`` (a partly hidden or misread
+    board)."""
     grey = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
     board = spec.board()
     corners, ids, _, _ = cv2.aruco.CharucoDetector(board).detectBoard(grey)
@@ -135,6 +138,9 @@ def detect_board(image_rgb: np.ndarray, spec: BoardSpec, intr: Intrinsics,
     dist = np.asarray(intr.distortion, float) if intr.distortion else np.zeros(5)
     ok, rvec, tvec = cv2.solvePnP(obj, img, intr.matrix, dist, flags=cv2.SOLVEPNP_ITERATIVE)
     if not ok:
+        return None
+    reproj, _ = cv2.projectPoints(obj, rvec, tvec, intr.matrix, dist)
+    if float(np.sqrt(np.mean(np.sum((reproj.reshape(-1, 2) - img.reshape(-1, 2)) ** 2, axis=1)))) > max_reprojection_px:
         return None
     t = np.eye(4)
     t[:3, :3] = cv2.Rodrigues(rvec)[0]
@@ -169,6 +175,25 @@ def register_to_base(images: Sequence[np.ndarray], poses: Sequence[np.ndarray], 
     if len(estimates) < min_views:
         raise CaptureError(f"ChArUco board found in {len(estimates)} of {len(images)} frames; "
                            f"registration needs >= {min_views}")
+    estimates = _consistent(estimates)
+    if len(estimates) < min_views:
+        raise CaptureError(f"ChArUco board poses disagree between frames; {len(estimates)} consistent "
+                           f"views, registration needs >= {min_views}")
     t_world_board = average_poses(estimates)
     logger.info("registration: board seen in %d/%d frames", len(estimates), len(images))
     return cal.T_base_board @ np.linalg.inv(t_world_board), len(estimates)
+
+
+def _consistent(estimates: list[np.ndarray], max_offset: float = 0.01, max_angle_deg: float = 2.0) -> list[np.ndarray]:
+    """The board-pose estimates within ``max_offset`` (m) and ``max_angle_deg`` of their median
+    (translation) / chordal mean (rotation): one misread view must not tilt the whole scene."""
+    if len(estimates) < 3:
+        return estimates
+    center = np.median([e[:3, 3] for e in estimates], axis=0)
+    ref = average_poses(estimates)[:3, :3]
+    keep = []
+    for e in estimates:
+        angle = np.degrees(np.arccos(np.clip((np.trace(ref.T @ e[:3, :3]) - 1) / 2, -1, 1)))
+        if np.linalg.norm(e[:3, 3] - center) <= max_offset and angle <= max_angle_deg:
+            keep.append(e)
+    return keep

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetwin.safety.runio import atomic_write_json, atomic_write_text
 from scipy.optimize import linear_sum_assignment
+
+from safetwin.safety.runio import atomic_write_json, atomic_write_text
 
 from .objects import ObjectModel
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+
 from safetwin.safety.runio import atomic_write_json, atomic_write_text, load_yaml
 
 from ..scene import Scene, load_scene, scene_path

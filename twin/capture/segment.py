@@ -23,7 +23,7 @@ class PlaneFit:
     """Support plane ``normal . x + offset = 0`` (unit ``normal`` pointing up, towards the
     objects), its inlier points (N, 3) and the table-top rectangle they span: ``center`` (m),
     ``size`` (2,) along ``axes`` (2 x 3 unit vectors in the plane) and ``yaw`` (rad) of axes[0]
-    about world z."""
+    about world z, axes[0] being the rectangle side nearest world x (yaw in [-pi/4, pi/4])."""
 
     normal: np.ndarray
     offset: float
@@ -105,11 +105,15 @@ def _table_rectangle(normal: np.ndarray, offset: float, inliers: np.ndarray) -> 
     (cu, cv), (w, h), angle = cv2.minAreaRect(uv)
     a = np.radians(angle)
     ax1 = np.cos(a) * e1 + np.sin(a) * e2
+    size = np.array([w, h])
+    if abs(ax1[0]) < abs(ax1[1]):  # keep axes[0] nearest world x: yaw in [-45, 45] deg
+        ax1, size = np.cross(normal, ax1), size[::-1].copy()
+    ax1 = ax1 if ax1[0] >= 0 else -ax1
     ax2 = np.cross(normal, ax1)
     center = cu * e1 + cv * e2 - offset * normal
     yaw = float(np.arctan2(ax1[1], ax1[0]))
     return PlaneFit(normal=normal, offset=offset, inliers=inliers, center=center,
-                    size=np.array([w, h]), axes=np.stack([ax1, ax2]), yaw=yaw)
+                    size=size, axes=np.stack([ax1, ax2]), yaw=yaw)
 
 
 @dataclass

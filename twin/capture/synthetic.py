@@ -18,8 +18,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from safetwin.safety.runio import atomic_write_bytes, atomic_write_json
 from tqdm import tqdm
+
+from safetwin.safety.runio import atomic_write_bytes, atomic_write_json
 
 from .formats import Intrinsics, write_transforms_json
 from .registration import BoardSpec, Calibration, make_pose, write_calibration
@@ -253,8 +254,9 @@ def write_synthetic_capture(out: Path, world: SyntheticWorld, rings: Sequence[Ca
 
 def place_board(world: SyntheticWorld, margin: float = 0.03, step: float = 0.02) -> tuple[float, float]:
     """A free spot for the board (yaw 0) on the table: its top-left corner (m, base) such that
-    the board, grown by ``margin``, overlaps no object footprint and stays on the table; the
-    candidate nearest the objects' centroid wins. Raises ValueError when none fits."""
+    the board, grown by ``margin``, overlaps no object footprint and no footprint of the robot
+    arm's spheres (the arm would hide it), and stays on the table; the candidate nearest the
+    objects' centroid wins. Raises ValueError when none fits."""
     w, h = world.board.size
     t = world.table
     lo = np.array(t.position[:2]) - np.array(t.size[:2]) / 2 + margin
@@ -267,6 +269,8 @@ def place_board(world: SyntheticWorld, margin: float = 0.03, step: float = 0.02)
             clear = all(np.any(bhi < np.array(o.position[:2]) - o.extents()[:2] / 2 * 1.42)
                         or np.any(blo > np.array(o.position[:2]) + o.extents()[:2] / 2 * 1.42)
                         for o in world.objects)
+            clear = clear and all(np.any(bhi < np.array(c[:2]) - r) or np.any(blo > np.array(c[:2]) + r)
+                                  for c, r in world.robot_spheres)
             d = float(np.linalg.norm(np.array([x + w / 2, y - h / 2]) - centroid))
             if clear and d < best_d:
                 best, best_d = (float(x), float(y)), d
