@@ -292,7 +292,8 @@ def test_panda_scene(tmp_path: Path) -> None:
     assert scene.robot.joint_names == tuple(f"panda_joint{i}" for i in range(1, 8))
     assert all(j.servo is None and j.bus_id is None for j in scene.robot.joints)
     assert scene.robot.gripper is not None and scene.robot.gripper.open == 0.04
-    assert scene.safety.obstacles[0].center[0] == pytest.approx(0.60)
+    glass_x = next(o for o in data["objects"] if o["name"] == "glass")["pose"]["xyz"][0]
+    assert scene.safety.obstacles[0].center[0] == pytest.approx(glass_x + 0.2)  # base frame: base at x=-0.2
     for link in model.links:
         if any(g.kind == "mesh" for g in model.collisions[link]):
             prims = panda.link_primitives(link)
