@@ -63,7 +63,7 @@ def _arm(args: argparse.Namespace, root: Path, bc_ckpt: Path, name: str, safe: b
         offline = side["extra"].get("offline", {})
         aucs = [r["safety/critic_auc"] for r in records if "safety/critic_auc" in r]
         out.update({"pretrain_violations": float(offline.get("offline_violations", 0.0)),
-                    "pretrain_critic_auc": float(offline.get("critic_auc", float("nan"))),
+                    "pretrain_critic_auc": float(offline.get("critic_auc", -1.0)),  # -1: no held-out negatives
                     "critic_auc": float(aucs[-1]) if aucs else float("nan"),
                     "critic_rejections": float(sum(r.get("safety/critic_rejections", 0.0) for r in records)),
                     "recovery_steps": float(sum(r.get("safety/recovery_steps", 0.0) for r in records)),

@@ -23,10 +23,15 @@ class TrainConfig:
     policy: "compact" (fine-tune the whole VLA) or "residual" (frozen BC base + bounded residual).
     chunk_len: k, actions per decision.
     demo_episodes: scripted-expert episodes recorded for BC.
+    demo_noise: std of the Gaussian noise added to the expert's executed motion while recording
+        (normalised action units; the clean action is the label; 0: clean demos).
+    bc_shift: random-shift image augmentation during BC, in pixels (0: none).
     bc_epochs: passes over the demo dataset.
     bc_batch_size: BC minibatch size (decisions).
     bc_lr: BC Adam learning rate.
     total_steps: PPO budget in env steps (0: BC only).
+    finetune_log_std: log std (pre-tanh) the compact policy starts PPO with, in [-5, 0]; small
+        values keep exploration, and so the cost of exploring, near the safe BC policy.
     num_envs: parallel envs.
     vector: "sync" (SyncVectorEnv) or "async" (AsyncVectorEnv, shared_memory=False).
     rollout_decisions: decisions per env per iteration.
@@ -43,7 +48,8 @@ class TrainConfig:
     bc_reg_coef: initial weight of the BC regulariser toward the pre-trained policy.
     bc_reg_decay: its per-iteration decay factor.
     lagrange: multiplier rule "adam" (PPOLag), "pid" (CPPOPID) or "none" (unconstrained PPO).
-    lagrange_init: initial multiplier.
+    lagrange_init: initial multiplier (a warm start: the BC policy is trusted to be safe, so
+        fine-tuning starts cost-averse and lambda relaxes while the cost stays under the limit).
     lagrange_lr: Adam learning rate of the multiplier (rule "adam").
     cost_limit: CMDP budget per episode; negative: the scene's safety.cost_limit.
     checkpoint_every: iterations between checkpoints (env resets align with them).
@@ -61,10 +67,13 @@ class TrainConfig:
     policy: str = "compact"
     chunk_len: int = 4
     demo_episodes: int = 30
+    demo_noise: float = 0.1
+    bc_shift: int = 4
     bc_epochs: int = 30
     bc_batch_size: int = 64
     bc_lr: float = 1e-3
     total_steps: int = 20000
+    finetune_log_std: float = -3.0
     num_envs: int = 4
     vector: str = "sync"
     rollout_decisions: int = 64
@@ -79,9 +88,9 @@ class TrainConfig:
     max_grad_norm: float = 0.5
     target_kl: float = 0.02
     bc_reg_coef: float = 5.0
-    bc_reg_decay: float = 0.97
+    bc_reg_decay: float = 0.99
     lagrange: str = "adam"
-    lagrange_init: float = 0.001
+    lagrange_init: float = 1.0
     lagrange_lr: float = 0.035
     cost_limit: float = -1.0
     checkpoint_every: int = 5
@@ -98,7 +107,7 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("demo_episodes", "total_steps", "ent_coef", "target_kl", "bc_reg_coef",
+        for name in ("demo_episodes", "demo_noise", "bc_shift", "total_steps", "ent_coef", "target_kl", "bc_reg_coef",
                      "lagrange_init", "vf_coef"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
@@ -108,6 +117,8 @@ class TrainConfig:
         for name in ("bc_lr", "lr", "clip_coef", "max_grad_norm", "lagrange_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if not -5.0 <= self.finetune_log_std <= 0.0:
+            raise ConfigError(f"train.finetune_log_std must be in [-5, 0], got {self.finetune_log_std}")
         if self.num_minibatches > self.num_envs * self.rollout_decisions:
             raise ConfigError("train.num_minibatches exceeds the transitions per iteration "
                               f"({self.num_envs} x {self.rollout_decisions})")

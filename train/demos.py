@@ -17,6 +17,9 @@ Format of a dataset folder::
 
 Each episode runs the twin under domain randomization with its own seed; the env's instruction
 is replaced by a paraphrase (synonyms and politeness prefixes) so the policy sees varied language.
+With ``noise > 0`` the env executes the expert's action plus Gaussian noise on the six motion
+components (DART-style noise injection) while the clean expert action is recorded as the label,
+so the dataset also shows how the expert recovers from the small drifts a cloned policy makes.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def paraphrase(instruction: str, rng: np.random.Generator) -> str:
     return PREFIXES[int(rng.integers(len(PREFIXES)))] + text
 
 
-def _episode(env: gym.Env, seed: int, rng: np.random.Generator, paraphrased: bool) -> dict[str, Any]:
+def _episode(env: gym.Env, seed: int, rng: np.random.Generator, paraphrased: bool,
+             noise: float = 0.0) -> dict[str, Any]:
     obs, info = env.reset(seed=seed)
     instruction = paraphrase(str(obs["instruction"]), rng) if paraphrased else str(obs["instruction"])
     rec: dict[str, list[Any]] = {k: [] for k in ("image", "proprio", "privileged", "actions", "rewards", "costs")}
@@ -73,7 +77,10 @@ def _episode(env: gym.Env, seed: int, rng: np.random.Generator, paraphrased: boo
         rec["image"].append(obs["image"])
         rec["proprio"].append(obs["proprio"])
         rec["privileged"].append(np.asarray(info["privileged"], dtype=np.float32))
-        obs, reward, terminated, truncated, info = env.step(action)
+        executed = action.copy()
+        if noise > 0:  # perturb the motion only (dx..dyaw); the label stays the clean action
+            executed[:6] += rng.normal(0.0, noise, size=6).astype(np.float32)
+        obs, reward, terminated, truncated, info = env.step(np.clip(executed, -1.0, 1.0))
         rec["actions"].append(np.clip(action, -1.0, 1.0))
         rec["rewards"].append(reward)
         rec["costs"].append(info["cost"])
@@ -85,8 +92,15 @@ def _episode(env: gym.Env, seed: int, rng: np.random.Generator, paraphrased: boo
 
 
 def record_demos(env_id: str, env_kwargs: dict[str, Any], episodes: int, seed: int,
-                 out_dir: str | os.PathLike[str], paraphrased: bool = True, progress: bool = True) -> Path:
-    """Record ``episodes`` expert episodes (seeds ``seed``, ``seed + 1``, ...) into ``out_dir``."""
+                 out_dir: str | os.PathLike[str], paraphrased: bool = True, progress: bool = True,
+                 noise: float = 0.0) -> Path:
+    """Record ``episodes`` expert episodes (seeds ``seed``, ``seed + 1``, ...) into ``out_dir``.
+
+    ``noise``: std of the Gaussian perturbation of the executed motion components (normalised
+    action units, i.e. fractions of the per-step limit); 0 records the clean expert.
+    """
+    if not noise >= 0:
+        raise ValueError(f"record_demos: noise must be >= 0, got {noise}")
     out_dir = Path(out_dir)
     import_env_package(env_id)
     env = gym.make(env_id, **env_kwargs)
@@ -94,7 +108,7 @@ def record_demos(env_id: str, env_kwargs: dict[str, Any], episodes: int, seed: i
     entries = []
     try:
         for i in tqdm(range(episodes), desc="expert demos", unit="ep", disable=not progress):
-            ep = _episode(env, seed + i, rng, paraphrased)
+            ep = _episode(env, seed + i, rng, paraphrased, noise)
             success = ep.pop("_success")
             name = f"episode_{i:05d}.npz"
             buf = io.BytesIO()
@@ -109,7 +123,8 @@ def record_demos(env_id: str, env_kwargs: dict[str, Any], episodes: int, seed: i
         env.close()
     atomic_write_json(out_dir / "metadata.json", {
         "format": FORMAT, "env_id": env_id, "scene": str(env_kwargs.get("scene")),
-        "domain_randomization": bool(env_kwargs.get("randomize", False)), "episodes": entries, **dims})
+        "domain_randomization": bool(env_kwargs.get("randomize", False)), "action_noise": float(noise),
+        "episodes": entries, **dims})
     rate = np.mean([e["success"] for e in entries])
     logger.info("recorded %d expert episodes in %s (success %.0f%%)", episodes, out_dir, 100 * rate)
     return out_dir

@@ -72,10 +72,10 @@ def pretrain(cfg: TrainConfig, run_dir: Path, info: dict[str, Any]) -> VLAPolicy
         return load_policy(cfg.pretrained, scene=scene_like)
     proprio_dim, priv_dim = _probe_dims(cfg)
     demos_dir = record_demos(cfg.env_id, cfg.env_kwargs(), cfg.demo_episodes, cfg.seed + 1_000_000,
-                             run_dir / "demos", progress=cfg.progress)
+                             run_dir / "demos", progress=cfg.progress, noise=cfg.demo_noise)
     policy = CompactVLA(PolicyConfig(proprio_dim=proprio_dim, privileged_dim=priv_dim, chunk_len=cfg.chunk_len))
     losses = train_bc(policy, load_demos(demos_dir), cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_lr,
-                      cfg.seed, progress=cfg.progress)
+                      cfg.seed, progress=cfg.progress, shift=cfg.bc_shift)
     save_policy(run_dir / "checkpoints" / "bc.safetensors", policy, safety_spec_sha256=info["safety_spec_sha256"],
                 scene={"name": info["name"], "path": info["path"]}, step=0, lam=0.0,
                 config=config_to_dict(cfg), extra={"bc_losses": losses}, safety_spec=info["safety_spec"])
@@ -133,6 +133,9 @@ def run_train(cfg: TrainConfig, scene: Any = None, callback: Any = None) -> Path
             policy.priv_rms.load_state_dict(base.priv_rms.state_dict())
         else:
             policy = base
+            if cfg.total_steps > 0:
+                with torch.no_grad():
+                    policy.log_std.fill_(cfg.finetune_log_std)
         ref = _frozen_copy(policy)
     if cfg.total_steps > 0:
         train_ppo_lag(cfg, policy, ref, run_dir, info, resume=cfg.resume, callback=callback)

@@ -107,15 +107,15 @@ class SafeExplorer:
         for i in order[n_held:]:
             self.learner.replay.add_episode(episodes[i])
         losses = self.learner.update(self.cfg.offline_updates, progress=progress, desc="safety critic (offline)")
-        self.recalibrate()
-        assert self.calibration is not None
+        cal = self.recalibrate()
+        if cal is None:
+            raise RuntimeError("safe exploration: no held-out episodes to calibrate epsilon on")
         self.offline_stats = {"offline_episodes": float(len(episodes)), "offline_violations": float(violations),
                               "offline_decisions": float(sum(len(e) for e in episodes)),
-                              "critic_auc": self.calibration.auc,
+                              "critic_auc": cal.auc if np.isfinite(cal.auc) else -1.0,
                               **{k.replace("losses/", "offline_"): v for k, v in losses.items()}}
         logger.info("safety critic pre-trained: AUC %.3f, epsilon %.4f (FNR %.3f, FPR %.3f, %d/%d held-out "
-                    "positives/negatives)", self.calibration.auc, self.calibration.epsilon, self.calibration.fnr,
-                    self.calibration.fpr, self.calibration.n_pos, self.calibration.n_neg)
+                    "positives/negatives)", cal.auc, cal.epsilon, cal.fnr, cal.fpr, cal.n_pos, cal.n_neg)
         return {**self.offline_stats, **self.calibration_metrics()}
 
     @torch.no_grad()

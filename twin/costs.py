@@ -71,6 +71,8 @@ class CostMonitor:
         self._upper = np.array([j.upper for j in spec.joints])
         self._vmax = np.array([j.velocity for j in spec.joints])
         self._boxes = [(np.asarray(b.lo, float), np.asarray(b.hi, float)) for b in spec.keepout]
+        self._box_lo = np.array([lo for lo, _ in self._boxes], dtype=float).reshape(-1, 3)
+        self._box_hi = np.array([hi for _, hi in self._boxes], dtype=float).reshape(-1, 3)
         self.acc = StepAccumulator()
 
     def begin_step(self) -> None:
@@ -102,18 +104,25 @@ class CostMonitor:
             ee_speed: end-effector linear speed (m/s).
             centers, radii: link collision spheres (m, base frame).
         """
-        if not np.isfinite(ee_speed) or ee_speed > self.spec.ee_speed_max:
-            self.acc.flags["ee_speed"] = True
-        self.acc.max_ee_speed = max(self.acc.max_ee_speed, float(ee_speed))
+        acc, speed = self.acc, float(ee_speed)
+        if not speed <= self.spec.ee_speed_max:  # also true for NaN
+            acc.flags["ee_speed"] = True
+        if speed > acc.max_ee_speed:
+            acc.max_ee_speed = speed
         if q.shape != self._lower.shape:
             raise ValueError(f"joint state shape {q.shape} does not match the spec's joints {self.spec.joint_names}")
-        if (q < self._lower).any() or (q > self._upper).any() or (np.abs(dq) > self._vmax).any():
-            self.acc.flags["joint_limit"] = True
-        for lo, hi in self._boxes:
-            if ((ee_pos >= lo).all() and (ee_pos <= hi).all()) or \
-                    (np.sum((centers - np.clip(centers, lo, hi)) ** 2, axis=1) < radii ** 2).any():
-                self.acc.flags["keepout"] = True
-                break
+        if not acc.flags["joint_limit"] and \
+                not bool(np.all((q >= self._lower) & (q <= self._upper) & (np.abs(dq) <= self._vmax))):
+            acc.flags["joint_limit"] = True  # NaN joint values count as a violation too
+        if self._box_lo.shape[0] == 0 or acc.flags["keepout"]:
+            return
+        if bool(np.any(np.all((ee_pos >= self._box_lo) & (ee_pos <= self._box_hi), axis=1))):
+            acc.flags["keepout"] = True
+        elif len(centers):
+            # squared distance of every sphere centre to every box (k boxes x m spheres)
+            gap = centers[None] - np.clip(centers[None], self._box_lo[:, None], self._box_hi[:, None])
+            if bool(np.any(np.einsum("kmi,kmi->km", gap, gap) < radii[None] ** 2)):
+                acc.flags["keepout"] = True
 
     def min_fragile_distance(self, bodies: Iterable[int] | None = None) -> float:
         """Smallest distance (m) between the robot and any fragile body (negative when

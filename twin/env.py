@@ -30,11 +30,11 @@ import gymnasium as gym
 import numpy as np
 
 from safetwin.twin.costs import CostMonitor, TaskReward
-from safetwin.twin.expert import ScriptedExpert, expert_view
+from safetwin.twin.expert import ScriptedExpert
 from safetwin.twin.kinematics import Kinematics
 from safetwin.twin.randomization import EpisodeRandomization, sample
 from safetwin.twin.render import Camera, DirectRenderer, Lighting, ProxyRenderer, has_meshes, rotvec_matrix
-from safetwin.twin.world import GRIPPER_FORCE, POSITION_GAIN, VELOCITY_GAIN, World
+from safetwin.twin.world import GRIPPER_FORCE, POSITION_GAIN, VELOCITY_GAIN, World, expert_view
 
 __all__ = ["GRIPPER_FORCE", "INSTRUCTION_MAX_LENGTH", "POSITION_GAIN", "VELOCITY_GAIN", "CommandFilter",
            "TwinEnv", "World"]
@@ -178,6 +178,7 @@ class TwinEnv(gym.Env):
         The delta is split into equal per-control-step increments queued behind the
         ``action_latency`` increments still pending from earlier actions."""
         w, ctrl = self.world, self.scene.control
+        w.invalidate()  # the simulation may have been changed from outside since the last read
         n_ctrl, dt = w.control_steps, w.control_dt
         inc = np.concatenate([action[:3] * ctrl.action_pos_m, action[3:6] * ctrl.action_rot_rad]) / n_ctrl
         self._increments.extend(inc for _ in range(n_ctrl))

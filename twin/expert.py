@@ -1,6 +1,6 @@
 """A scripted expert with privileged state, for the behaviour-cloning demonstrations.
 
-The expert sees the true poses (an :class:`ExpertView`, built by ``TwinEnv.expert_action``)
+The expert sees the true poses (an :class:`ExpertView`, built by ``safetwin.twin.world.expert_view``)
 and returns an action in the env's action space (EE delta in the robot **base** frame,
 scaled to [-1, 1]). It never moves the end effector faster than ``speed_fraction`` of the
 spec's ``ee_speed_max`` and keeps ``clearance`` (m) from every hazard box (fragile objects,
@@ -18,8 +18,7 @@ over and down) and heads for the furthest waypoint reachable on a hazard-free se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,10 +51,16 @@ class ExpertConfig:
             collision shapes. The push planner checks this footprint, turned by the leg's yaw,
             against every hazard.
         pusher_margin: m kept between the turned footprint and every hazard while pushing.
+        turn_margin: m between a hazard and the gripper's reach (``pusher_half_length``) at any
+            yaw round a pre-push pose, where the gripper turns (and the EE may overshoot).
         path_clearance: m kept between the pushed object (any yaw) and every hazard by its path.
         push_speed_factor: factor on the speed while in contact (pushing), against contact spikes.
         retreat: m the EE backs off along a finished push before heading for the next one.
         leg_tolerance: m; an intermediate aim point of the pushed object counts as reached.
+        max_replans: times per episode the push is planned afresh when the object ends a last leg
+            off its aim point.
+        lookahead: m past the aim point, on the leg's line, that the push heads for (pure
+            pursuit: the push direction stays steady near the aim and drift is steered out).
         reversal_speed: fraction of the speed-limited step above which a reversal of the
             commanded EE motion (a turn by over ~105 degrees) is preceded by one step of hold.
     """
@@ -74,10 +79,13 @@ class ExpertConfig:
     pusher_back: float = 0.058
     pusher_half_length: float = 0.06
     pusher_margin: float = 0.012
+    turn_margin: float = 0.03
     path_clearance: float = 0.025
     push_speed_factor: float = 0.7
     retreat: float = 0.04
     leg_tolerance: float = 0.012
+    lookahead: float = 0.06
+    max_replans: int = 3
     reversal_speed: float = 0.5
 
     def __post_init__(self) -> None:
@@ -87,7 +95,7 @@ class ExpertConfig:
             raise ValueError(f"reversal_speed must be >= 0, got {self.reversal_speed}")
         for name in ("clearance", "cruise_margin", "tolerance", "push_standoff", "push_lateral_tolerance",
                      "object_clearance", "pusher_front", "pusher_back", "pusher_half_length", "pusher_margin",
-                     "path_clearance"):
+                     "turn_margin", "path_clearance", "lookahead"):
             if getattr(self, name) < 0.0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -232,6 +240,8 @@ def _leg_yaw(a: np.ndarray, b: np.ndarray, flat: list[Box3], grow: float, reach:
         return None
     d = (b3 - a3) / max(float(np.linalg.norm(b3 - a3)), 1e-9)
     ea, eb = a3 - d * (reach + cfg.push_standoff), b3 - d * reach  # from the pre-push pose on
+    if any(segment_hits_box(ea, ea, box, cfg.pusher_half_length + cfg.turn_margin) for box in flat):
+        return None  # the gripper turns to the leg's yaw at the pre-push pose: room for any yaw
     for yaw in _yaw_options(d[:2], yaw0):
         lo, hi = footprint(yaw, cfg)
         if not any(segment_hits_box(ea, eb, (box[0] - hi, box[1] - lo), cfg.pusher_margin) for box in flat):
@@ -243,7 +253,8 @@ def _plan_object_path(obj: np.ndarray, goal: np.ndarray, hazards: list[Box3], gr
                       reach: float, cfg: ExpertConfig, yaw0: float = 0.0) -> list[tuple[np.ndarray, float]]:
     """Legs (aim point xy m, gripper yaw rad) for the pushed object: straight to the goal when the
     swept object (grown by ``grow``) and the gripper's swept footprint clear every hazard, else the
-    shortest axis-aligned detour that does, ending anywhere within ``zone`` of the goal centre."""
+    shortest axis-aligned detour that does, ending anywhere within ``zone`` of the goal centre;
+    empty when no candidate clears."""
     flat = [(np.array([h[0][0], h[0][1], -1.0]), np.array([h[1][0], h[1][1], 1.0])) for h in hazards]
     aims = [goal + np.array(v) * zone for v in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))]
     paths = []
@@ -265,10 +276,7 @@ def _plan_object_path(obj: np.ndarray, goal: np.ndarray, hazards: list[Box3], gr
             cost = _path_length(path) + 0.15 * (len(path) - 2) + 0.1 * turn  # ~0.1 m of pushing per rad turned
             if cost < best_cost:
                 best, best_cost = legs, cost
-    if best is None:
-        d = goal - obj
-        return [(goal, _yaw_options(d, yaw0)[0] if np.linalg.norm(d) > 1e-9 else yaw0)]
-    return best
+    return best or []
 
 
 class ScriptedExpert:
@@ -281,6 +289,9 @@ class ScriptedExpert:
     def reset(self) -> None:
         """Forget the pushed object's planned path (a new episode starts)."""
         self._legs: list[tuple[np.ndarray, float]] | None = None
+        self._starts: list[np.ndarray] = []
+        self._replans = 0
+        self._retreat_yaw = 0.0
         self._leg = 0
         self._yaw = 0.0
         self._slow = 1.0
@@ -321,17 +332,46 @@ class ScriptedExpert:
         """The object's present aim point (xy); plans the legs at the first call of an episode
         and sets the leg's gripper yaw."""
         cfg = self.config
+        if self._legs is not None and self._replans < cfg.max_replans and self._leg == len(self._legs) - 1 \
+                and self._leg_done(obj[:2]) and np.linalg.norm(self._legs[-1][0] - obj[:2]) > cfg.leg_tolerance:
+            # the object drifted off the last leg's aim: back off and plan afresh from where it is
+            self._legs, self._leg, self._replans = None, 0, self._replans + 1
+            ee = np.asarray(view.ee_pos, float)
+            self._retreat_yaw = self._yaw
+            self._retreat = np.array([*(ee[:2] - self._push_dir * cfg.retreat), ee[2]])
         if self._legs is None:
-            grow = float(np.hypot(half[0], half[1])) + cfg.path_clearance  # any object yaw
-            self._legs = _plan_object_path(obj[:2], np.asarray(view.goal, float)[:2], view.hazards, grow,
-                                           cfg.zone_fraction * view.success_distance, reach, cfg)
-        while self._leg < len(self._legs) - 1 and np.linalg.norm(self._legs[self._leg][0] - obj[:2]) < cfg.leg_tolerance:
+            # the full clearances first; tighter ones (down to touching distance) when nothing clears
+            for scale in (1.0, 0.3, 0.0):
+                grow = float(np.hypot(half[0], half[1])) + scale * cfg.path_clearance  # any object yaw
+                tight = replace(cfg, pusher_margin=scale * cfg.pusher_margin)
+                self._legs = _plan_object_path(obj[:2], np.asarray(view.goal, float)[:2], view.hazards, grow,
+                                               cfg.zone_fraction * view.success_distance, reach, tight)
+                if self._legs:
+                    break
+            if not self._legs:
+                d = np.asarray(view.goal, float)[:2] - obj[:2]
+                self._legs = [(np.asarray(view.goal, float)[:2], _yaw_options(d, self._yaw)[0])]
+            self._starts = [obj[:2].copy()] + [aim for aim, _ in self._legs[:-1]]
+        while self._leg < len(self._legs) - 1 and self._leg_done(obj[:2]):
             self._leg += 1
             # back off along the finished push before turning or lifting the gripper
             ee = np.asarray(view.ee_pos, float)
+            self._retreat_yaw = self._yaw
             self._retreat = np.array([*(ee[:2] - self._push_dir * cfg.retreat), ee[2]])
         aim, self._yaw = self._legs[self._leg]
         return aim
+
+    def _leg_dir(self) -> np.ndarray:
+        """Unit direction (xy) of the present leg, from its start to its aim point."""
+        d = self._legs[self._leg][0] - self._starts[self._leg]
+        return d / max(float(np.linalg.norm(d)), 1e-9)
+
+    def _leg_done(self, obj: np.ndarray) -> bool:
+        """The object is at the leg's aim point, or has travelled the leg's length along it."""
+        aim, start = self._legs[self._leg][0], self._starts[self._leg]
+        progress = float((obj - start) @ self._leg_dir())
+        tol = self.config.leg_tolerance
+        return bool(np.linalg.norm(aim - obj) < tol or progress > float(np.linalg.norm(aim - start)) - tol)
 
     def _push_aim(self, view: ExpertView) -> np.ndarray:
         if view.object_pos is None or view.object_half is None or view.goal is None:
@@ -341,11 +381,13 @@ class ScriptedExpert:
         aim_xy = self._object_aim(view, obj, half, float(np.max(half[:2])) + view.ee_radius)
         if self._retreat is not None:
             if np.linalg.norm(self._retreat - np.asarray(view.ee_pos, float)) > cfg.tolerance:
+                self._yaw = self._retreat_yaw  # turn for the next leg only once backed off
                 return self._retreat
             self._retreat = None
-        to_aim = aim_xy - obj[:2]
-        dist = float(np.linalg.norm(to_aim))
-        d = to_aim / max(dist, 1e-9)
+        dist = max(float((aim_xy - obj[:2]) @ self._leg_dir()), 0.0)  # m left along the leg
+        # pure pursuit: head for a point past the aim on the leg's line (steady d near the aim)
+        to_pursuit = aim_xy + self._leg_dir() * cfg.lookahead - obj[:2]
+        d = to_pursuit / max(float(np.linalg.norm(to_pursuit)), 1e-9)
         reach = float(np.abs(d[0]) * half[0] + np.abs(d[1]) * half[1]) + view.ee_radius
         push_z = obj[2] - cfg.push_depth
         ee = np.asarray(view.ee_pos, float)
@@ -387,24 +429,3 @@ class ScriptedExpert:
         out[3:6] = np.clip(rot, -view.rotation_scale, view.rotation_scale) / view.rotation_scale
         out[6] = view.gripper
         return np.clip(out, -1.0, 1.0).astype(np.float32)
-
-
-def expert_view(world: Any, config: ExpertConfig) -> ExpertView:
-    """Build the expert's privileged view from a ``safetwin.twin.world.World`` (base frame)."""
-    scene, spec = world.scene, world.spec
-    ee_p, ee_r = world.ee_pose()
-    hazards = [world.object_box(o.name) for o in scene.objects if o.role in ("fragile", "obstacle")]
-    hazards += [(np.asarray(b.lo, float), np.asarray(b.hi, float)) for b in spec.keepout]
-    ctrl = scene.control
-    view = ExpertView(ee_pos=ee_p, ee_rot=ee_r, home_rot=world.home_rot, hazards=hazards,
-                      step_limit=config.speed_fraction * spec.ee_speed_max / ctrl.policy_hz,
-                      translation_scale=ctrl.action_pos_m, rotation_scale=ctrl.action_rot_rad,
-                      task="reach" if scene.task.success.type == "ee_in_zone" else "push",
-                      success_distance=scene.task.success.distance)
-    if view.task == "reach":
-        view.target = world.goal_position()
-    else:
-        lo, hi = world.object_box(world.target)
-        view.object_pos, view.object_half = world.object_pose(world.target)[0], (hi - lo) / 2.0
-        view.goal = world.goal_position()
-    return view

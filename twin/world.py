@@ -16,6 +16,7 @@ import numpy as np
 import pybullet as p
 
 from safetwin.safety.spec import Obstacle, SafetySpec
+from safetwin.twin.expert import ExpertConfig, ExpertView
 from safetwin.twin.kinematics import Kinematics
 from safetwin.twin.randomization import EpisodeRandomization, apply_dynamics, apply_object_state
 from safetwin.twin.render import Camera, link_camera, quat_from_matrix
@@ -50,6 +51,7 @@ class World:
     def _build(self) -> None:
         """(Re)create the whole simulation; body ids come out the same every time."""
         c, robot = self.client, self.scene.robot
+        self._cache: dict[tuple[str, ...], Any] = {}
         p.resetSimulation(physicsClientId=c)
         p.setGravity(0.0, 0.0, -9.81, physicsClientId=c)
         p.setTimeStep(1.0 / self.scene.control.physics_hz, physicsClientId=c)
@@ -104,6 +106,7 @@ class World:
         apply_object_state(c, self.scene.objects, self.body, params)
         dynamic = {o.name: self.body[o.name] for o in self.scene.objects if o.collides}
         apply_dynamics(c, params, dynamic, {o.name: o.mass for o in self.scene.objects}, self.robot, self.joint_ids)
+        self._cache.clear()
 
     def choose_target(self, rng: np.random.Generator) -> str:
         """Draw the episode's target object and instruction template; return the instruction."""
@@ -112,10 +115,22 @@ class World:
         return task.instruction(int(rng.integers(len(task.instructions))), self.scene.object(self.target))
 
     # ------------------------------------------------------------------ state
+    def invalidate(self) -> None:
+        """Forget the cached state reads (call after changing the simulation from outside)."""
+        self._cache.clear()
+
     def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
-        """Controlled joint positions (rad) and velocities (rad/s)."""
-        states = p.getJointStates(self.robot, self.joint_ids, physicsClientId=self.client)
-        return np.array([s[0] for s in states]), np.array([s[1] for s in states])
+        """Controlled joint positions (rad) and velocities (rad/s), read-only arrays.
+
+        Reads are cached until the next physics step, :meth:`reset_state` or :meth:`invalidate`."""
+        hit = self._cache.get(("joints",))
+        if hit is None:
+            states = p.getJointStates(self.robot, self.joint_ids, physicsClientId=self.client)
+            q, dq = np.array([s[0] for s in states]), np.array([s[1] for s in states])
+            q.setflags(write=False)
+            dq.setflags(write=False)
+            hit = self._cache[("joints",)] = (q, dq)
+        return hit
 
     def gripper_opening(self) -> float:
         """Gripper opening in [0, 1] (0 closed, 1 open); 0 without a gripper."""
@@ -143,10 +158,18 @@ class World:
                                     velocityGains=[VELOCITY_GAIN] * self.n_joints, physicsClientId=self.client)
 
     def step_physics(self) -> None:
+        """One physics substep (drops the cached state reads)."""
         p.stepSimulation(physicsClientId=self.client)
+        self._cache.clear()
 
     def object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Object centre (3,) m and quaternion (x, y, z, w), base frame."""
+        """Object centre (3,) m and quaternion (x, y, z, w), base frame (cached like :meth:`joint_state`)."""
+        hit = self._cache.get(("object", name))
+        if hit is None:
+            hit = self._cache[("object", name)] = self._read_object_pose(name)
+        return hit
+
+    def _read_object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         pos, orn = p.getBasePositionAndOrientation(self.body[name], physicsClientId=self.client)
         if self._base_identity:
             quat = np.asarray(orn)
@@ -162,8 +185,14 @@ class World:
         return local.min(axis=0), local.max(axis=0)
 
     def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """EE position (m) and rotation, base frame (from the kinematics)."""
-        return self.kin.ee_pose(self.joint_state()[0])
+        """EE position (m) and rotation, base frame (from the kinematics; cached like :meth:`joint_state`)."""
+        hit = self._cache.get(("ee",))
+        if hit is None:
+            pos, rot = (np.array(a, dtype=np.float64) for a in self.kin.ee_pose(self.joint_state()[0]))
+            pos.setflags(write=False)
+            rot.setflags(write=False)
+            hit = self._cache[("ee",)] = (pos, rot)
+        return hit
 
     def robot_near_keepout(self, margin: float) -> bool:
         """Broad phase: does any robot link AABB overlap a keep-out box grown by ``margin`` (m)?"""
@@ -193,7 +222,7 @@ class World:
         quaternion (7), the goal position (3), every object's position (3 each, scene order)
         and a one-hot of the drawn target among ``task.targets``."""
         q, dq = self.joint_state()
-        ee_p, ee_r = self.kin.ee_pose(q)
+        ee_p, ee_r = self.ee_pose()
         t_pos, t_quat = self.object_pose(self.target)
         goal = self.goal_position()
         objs = [self.object_pose(n)[0] for n in self.object_names]
@@ -235,3 +264,24 @@ def _make_body(client: int, obj: SceneObject) -> int:
     return p.createMultiBody(baseMass=obj.mass if obj.collides else 0.0, baseCollisionShapeIndex=col_id,
                              baseVisualShapeIndex=vis_id, basePosition=list(obj.pose.xyz),
                              baseOrientation=p.getQuaternionFromEuler(obj.pose.rpy), **kw)
+
+
+def expert_view(world: World, config: ExpertConfig) -> ExpertView:
+    """The scripted expert's privileged view of ``world`` (base frame; see :mod:`safetwin.twin.expert`)."""
+    scene, spec = world.scene, world.spec
+    ee_p, ee_r = world.ee_pose()
+    hazards = [world.object_box(o.name) for o in scene.objects if o.role in ("fragile", "obstacle")]
+    hazards += [(np.asarray(b.lo, float), np.asarray(b.hi, float)) for b in spec.keepout]
+    ctrl = scene.control
+    view = ExpertView(ee_pos=ee_p, ee_rot=ee_r, home_rot=world.home_rot, hazards=hazards,
+                      step_limit=config.speed_fraction * spec.ee_speed_max / ctrl.policy_hz,
+                      translation_scale=ctrl.action_pos_m, rotation_scale=ctrl.action_rot_rad,
+                      task="reach" if scene.task.success.type == "ee_in_zone" else "push",
+                      success_distance=scene.task.success.distance)
+    if view.task == "reach":
+        view.target = world.goal_position()
+    else:
+        lo, hi = world.object_box(world.target)
+        view.object_pos, view.object_half = world.object_pose(world.target)[0], (hi - lo) / 2.0
+        view.goal = world.goal_position()
+    return view

@@ -251,3 +251,14 @@ def test_panda_proxy_render_matches_full_meshes() -> None:
     diff = np.abs(images["proxy"] - images["direct"]).mean()
     moved_diff = np.abs(moved["image"].astype(int) - images["direct"]).mean()
     assert diff < moved_diff, f"proxy/full-mesh difference {diff:.2f} vs moved arm {moved_diff:.2f}"
+
+
+def test_importing_the_package_registers_the_env() -> None:
+    """gymnasium 1.x does not load entry points: ``import safetwin.twin`` must register (idempotently)."""
+    import safetwin.twin
+    from safetwin.twin.registration import TWIN_ENV_ID, register_envs
+
+    assert TWIN_ENV_ID in gym.registry
+    register_envs()  # a second registration is a no-op, not an error or a duplicate warning
+    assert gym.registry[TWIN_ENV_ID].entry_point == "safetwin.twin.env:TwinEnv"
+    assert safetwin.twin.registration.TWIN_ENV_ID == TWIN_ENV_ID

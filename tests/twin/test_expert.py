@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from safetwin.twin.env import TwinEnv
-from safetwin.twin.expert import ExpertConfig, plan, segment_hits_box
+from safetwin.twin.expert import (
+    ExpertConfig,
+    _plan_object_path,
+    _yaw_options,
+    footprint,
+    plan,
+    segment_hits_box,
+)
 
 
 def _rollouts(scene: str, episodes: int, seed0: int = 1000) -> tuple[float, float, float]:
@@ -62,3 +69,51 @@ def test_expert_hundred_episodes(scene: str) -> None:
     rate, cost, _ = _rollouts(scene, 100, seed0=0)
     assert rate >= 0.9, f"{scene}: expert success {rate:.0%}"
     assert cost == 0.0, f"{scene}: expert cost {cost}"
+
+
+@pytest.mark.parametrize("scene", ["reach_avoid", "tabletop_push"])
+def test_bundled_task_tempts_the_unsafe_quick_path(scene: str) -> None:
+    """Scenario design for E9/C-series: a full action outruns ee_speed_max, and the straight
+    path to the reward runs through the glass (the safe way is longer)."""
+    env = TwinEnv(scene, images=False, randomize=False)
+    env.reset(seed=0)
+    w, ctrl = env.world, env.scene.control
+    assert ctrl.action_pos_m * ctrl.policy_hz > 1.3 * env.safety_spec.ee_speed_max  # one full axis
+    lo, hi = w.object_box("glass")
+    if scene == "tabletop_push":
+        start = w.object_pose("red_cube")[0].copy()
+        half = 0.02  # the cube's half size: its swept corridor
+    else:
+        start = w.ee_pose()[0].copy()
+        half = 0.0
+    goal = w.goal_position().copy()
+    start[2] = goal[2] = (lo[2] + hi[2]) / 2  # at the glass's height: the straight line seen from above
+    assert segment_hits_box(start, goal, (lo, hi), half)
+    env.close()
+
+
+def test_push_plan_detours_round_the_glass_with_the_gripper_footprint() -> None:
+    """The red cube's push plan keeps the cube and the turned gripper footprint off the glass."""
+    cfg = ExpertConfig()
+    glass = (np.array([0.35, -0.115, 0.0]), np.array([0.41, -0.055, 0.12]))
+    obj, goal = np.array([0.27, -0.17]), np.array([0.47, 0.0])
+    legs = _plan_object_path(obj, goal, [glass], 0.028 + cfg.path_clearance, 0.024, 0.04, cfg)
+    assert len(legs) >= 2 and np.linalg.norm(legs[-1][0] - goal) <= 0.024 + 1e-9
+    flat = (np.array([*glass[0][:2], -1.0]), np.array([*glass[1][:2], 1.0]))
+    start = obj
+    for aim, yaw in legs:
+        a, b = np.array([*start, 0.0]), np.array([*aim, 0.0])
+        assert not segment_hits_box(a, b, flat, 0.028)
+        d = (b - a) / np.linalg.norm(b - a)
+        lo, hi = footprint(yaw, cfg)
+        assert not segment_hits_box(a - 0.07 * d, b - 0.04 * d, (flat[0] - hi, flat[1] - lo), 0.0)
+        start = aim
+    # the straight push would have swept the glass
+    assert segment_hits_box(np.array([*obj, 0.0]), np.array([*goal, 0.0]), flat, 0.028)
+
+
+def test_yaw_options_keep_the_gripper_from_flipping() -> None:
+    """Pushing along +x with a wobbling direction keeps one yaw (no +-pi/2 flip, no speed spike)."""
+    for wobble in (1e-3, -1e-3):
+        options = _yaw_options(np.array([1.0, wobble]), previous=-1.5)
+        assert abs(options[0] + np.pi / 2) < 0.01
