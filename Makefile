@@ -42,8 +42,10 @@ testdeps:
 	if [ -n "$$missing" ]; then echo "installing test tools:$$missing"; \
 		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
 
+# the JUnit results feed the audit report's table of safety scenarios
 test: setup testdeps
-	$(PY) -m pytest -q
+	@mkdir -p runs/tests
+	$(PY) -m pytest -q --junitxml=runs/tests/junit.xml
 
 test-all: setup
 	$(PY) -m pytest -q -m "not hardware"

@@ -20,6 +20,9 @@ from safetwin.safety.runio import ConfigError
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_JUNIT = "runs/tests/junit.xml"
+"""Where `make test` leaves the suite's results for the audit's safety-scenario table."""
+
 
 @dataclass
 class RolloutConfig:
@@ -103,7 +106,8 @@ class AuditStageConfig:
     episodes: evaluation episodes per mode (raw and behind the QP filter) for a training run.
     seed: seed of the first evaluation episode.
     evaluate: run the evaluation for a training run (false: reuse an existing eval/).
-    junit_xml: pytest JUnit XML whose results fill the report's safety-scenario table.
+    junit_xml: pytest JUnit XML whose results fill the report's safety-scenario table (default:
+        runs/tests/junit.xml, which `make test` writes, when it exists).
     audit: the audit thresholds (see safetwin.safety.audit_config.AuditConfig).
     """
 
@@ -153,7 +157,8 @@ def run_audit_stage(cfg: AuditStageConfig) -> int:
             from safetwin.train.evaluate import evaluate
 
             evaluate(checkpoint, scene, episodes=cfg.episodes, seed=cfg.seed, filtered=True)
-    report = build_report(run, cfg.audit, spec=spec, junit_xml=cfg.junit_xml or None,
+    junit = cfg.junit_xml or (DEFAULT_JUNIT if Path(DEFAULT_JUNIT).is_file() else None)
+    report = build_report(run, cfg.audit, spec=spec, junit_xml=junit,
                           tests_root=Path(__file__).resolve().parents[1])
     failing = [r for r in report.requirements if not r.passed]
     print(f"audit of {run}: {report.verdict} ({len(report.requirements) - len(failing)}/"

@@ -72,7 +72,7 @@ def test_random_shift_translates_within_bound() -> None:
 def test_bc_with_shift_fits_the_demos(tmp_path) -> None:  # noqa: ANN001
     eps = load_demos(record_demos(TINY_ID, {"scene": "tiny"}, 3, seed=5, out_dir=tmp_path, progress=False))
     policy = CompactVLA(PolicyConfig(proprio_dim=4, privileged_dim=9, chunk_len=2, hidden=64, feat_dim=32))
-    losses = train_bc(policy, eps, epochs=6, batch_size=32, lr=1e-3, seed=0, progress=False, shift=3)
+    losses = train_bc(policy, eps, epochs=25, batch_size=8, lr=1e-3, seed=0, progress=False, shift=3)
     assert losses[-1] < 0.5 * losses[0]
     with pytest.raises(ValueError, match="shift"):
         train_bc(policy, eps, epochs=1, batch_size=32, lr=1e-3, seed=0, progress=False, shift=-1)
