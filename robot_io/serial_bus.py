@@ -182,14 +182,19 @@ class DynamixelBus:
         baudrate: bits per second.
         timeout_s: wait per attempt for a reply, s (monotonic).
         retries: extra attempts after a timeout (0..5); total wait <= (1 + retries) * timeout_s.
+        write_timeout_s: bound on one write, s. Kept apart from ``timeout_s``: a thread paused by
+            the scheduler right after a complete write must not look like an unplugged port.
     """
 
     def __init__(self, port: str, baudrate: int = 1_000_000, *, timeout_s: float = 0.02,
-                 retries: int = 2) -> None:
+                 retries: int = 2, write_timeout_s: float = 0.25) -> None:
         if not 0.0 < timeout_s <= 5.0:
             raise ValueError(f"timeout_s must be in (0, 5] s, got {timeout_s!r}")
         if not 0 <= retries <= 5:
             raise ValueError(f"retries must be in 0..5, got {retries!r}")
+        if not 0.0 < write_timeout_s <= 5.0:
+            raise ValueError(f"write_timeout_s must be in (0, 5] s, got {write_timeout_s!r}")
+        self.write_timeout_s = float(write_timeout_s)
         self.port, self.baudrate = port, baudrate
         self.timeout_s, self.retries = float(timeout_s), int(retries)
         self.counters: Counter[str] = Counter({k: 0 for k in COUNTER_KEYS})
@@ -206,7 +211,7 @@ class DynamixelBus:
                 return
             try:
                 self._ser = serial.Serial(self.port, self.baudrate, timeout=self.timeout_s,
-                                          write_timeout=self.timeout_s, exclusive=True)
+                                          write_timeout=self.write_timeout_s, exclusive=True)
             except serial.SerialException as exc:
                 if "exclusive" in str(exc).lower() or "lock" in str(exc).lower():
                     self.counters["port_busy"] += 1
@@ -272,6 +277,9 @@ class DynamixelBus:
             self._parser.reset()
             ser.write(packet)
             ser.flush()
+        except serial.SerialTimeoutException as exc:  # a stuck write: a comm fault, counted
+            self.counters["timeouts"] += 1
+            raise CommError(f"{self.port}: write timed out after {self.write_timeout_s} s") from exc
         except (OSError, serial.SerialException) as exc:
             raise self._io_failed(exc) from exc
 

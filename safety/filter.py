@@ -144,6 +144,8 @@ class SafetyFilter:
         self._names_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._joint_names = spec.joint_names
         self._last_brake: str | None = None
+        self._kin_all = _combined_kinematics(robot_model, spec)
+        self._point_rows = np.concatenate([[0], 1 + np.asarray(self.moving, int)])
 
     @classmethod
     def from_spec(cls, spec: SafetySpec, robot_model: RobotModel, dt: float, **kwargs: object
@@ -208,12 +210,19 @@ class SafetyFilter:
     def _build(self, q: np.ndarray, dq: np.ndarray, nominal: Nominal, value: np.ndarray,
                obstacles: tuple[Obstacle, ...] | None) -> FilterProblem:
         obs = self._obstacles if obstacles is None else rows.ObstacleArrays.from_obstacles(obstacles)
-        ee_p, _rot = self.robot.ee_pose(q)
-        jac6 = np.asarray(self.robot.ee_jacobian(q), dtype=float)
-        centers, radii, sjac = self.robot.spheres(q)
-        p = np.concatenate([np.asarray(ee_p, float)[None], np.asarray(centers, float)[self.moving]])
-        r = np.concatenate([(0.0,), np.asarray(radii, float)[self.moving]])
-        jac = np.concatenate([jac6[None, :3], np.asarray(sjac, float)[self.moving]])
+        if self._kin_all is not None:  # one FK pass (optional model method, see _combined_kinematics)
+            k = self._kin_all(q)
+            jac6 = np.asarray(k.ee_jac, dtype=float)
+            rows_ = self._point_rows
+            p, jac = np.asarray(k.points, float)[rows_], np.asarray(k.point_jac, float)[rows_]
+            r = np.concatenate([(0.0,), np.asarray(k.radii, float)[self.moving]])
+        else:
+            ee_p, _rot = self.robot.ee_pose(q)
+            jac6 = np.asarray(self.robot.ee_jacobian(q), dtype=float)
+            centers, radii, sjac = self.robot.spheres(q)
+            p = np.concatenate([np.asarray(ee_p, float)[None], np.asarray(centers, float)[self.moving]])
+            r = np.concatenate([(0.0,), np.asarray(radii, float)[self.moving]])
+            jac = np.concatenate([jac6[None, :3], np.asarray(sjac, float)[self.moving]])
         A, c, free, reason = self._objective(nominal, value, jac6)
         lb, ub, lows, highs = rows.joint_bounds(self._joint_terms, q, dq)
         margin = rows.fk_margin(self.lipschitz, lb, ub, self.dt)
@@ -302,6 +311,37 @@ class SafetyFilter:
         """A new filter with the same robot, period and solver for another spec."""
         return SafetyFilter(spec, self.robot, self.dt, solver=self.solver,
                             jacobian_lipschitz=self.lipschitz)
+
+
+KIN_ALL_TOL = 1e-9
+"""m (or m/rad): largest accepted difference between a model's ``kinematics_all`` and its
+protocol methods at the construction-time probe configurations."""
+
+
+def _combined_kinematics(robot: RobotModel, spec: SafetySpec):  # noqa: ANN202 - duck-typed optional method
+    """The model's optional one-pass ``kinematics_all(q)`` (attributes ``ee_jac`` (6, n),
+    ``points`` (1 + m, 3) m with the EE first, ``point_jac`` (1 + m, 3, n), ``radii`` (m,) m), or
+    None. It is used only if it agrees with ``ee_pose``/``ee_jacobian``/``spheres`` within
+    :data:`KIN_ALL_TOL` at the joint-range centre and 4 random configurations; otherwise it raises
+    :class:`FilterConfigError` (scenario B8: a model whose two paths disagree is refused)."""
+    fn = getattr(robot, "kinematics_all", None)
+    if not callable(fn):
+        return None
+    lower = np.array([j.lower for j in spec.joints])
+    upper = np.array([j.upper for j in spec.joints])
+    rng = np.random.default_rng(1)
+    for q in np.vstack([(lower + upper) / 2, rng.uniform(lower, upper, (4, len(lower)))]):
+        k = fn(q)
+        centers, radii, sjac = robot.spheres(q)
+        pairs = ((k.points[0], robot.ee_pose(q)[0]), (k.ee_jac, robot.ee_jacobian(q)),
+                 (k.points[1:], centers), (k.point_jac[1:], sjac), (k.radii, radii),
+                 (k.point_jac[0], np.asarray(robot.ee_jacobian(q))[:3]))
+        for a, b in pairs:
+            a, b = np.asarray(a, float), np.asarray(b, float)
+            if a.shape != b.shape or not np.all(np.abs(a - b) <= KIN_ALL_TOL):
+                raise FilterConfigError(f"robot model {type(robot).__name__}: kinematics_all disagrees with "
+                                        f"ee_pose/ee_jacobian/spheres at q={q.tolist()}")
+    return fn
 
 
 def spec_with_filter(spec: SafetySpec, **params: float) -> SafetySpec:

@@ -67,7 +67,7 @@ class TrainConfig:
     policy: str = "compact"
     chunk_len: int = 4
     demo_episodes: int = 30
-    demo_noise: float = 0.1
+    demo_noise: float = 0.05
     bc_shift: int = 4
     bc_epochs: int = 30
     bc_batch_size: int = 64

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,26 @@ if TYPE_CHECKING:
 
 MAX_SPHERES_PER_PRIMITIVE = 5
 _I1, _I2 = np.array([1, 2, 0]), np.array([2, 0, 1])  # cross(a, b) = a[I1] * b[I2] - a[I2] * b[I1]
+_SKEW_IDX = np.array([0, 2, 1, 2, 0, 0, 1, 0, 0])  # skew(z) row-major = z[_SKEW_IDX] * _SKEW_SIGN
+_SKEW_SIGN = np.array([0.0, -1.0, 1.0, 1.0, 0.0, -1.0, -1.0, 1.0, 0.0])
+
+
+class KinematicsAll(NamedTuple):
+    """Everything the safety filter needs at ``q``, from one forward-kinematics pass (base frame).
+
+    ``points`` (1 + m, 3) m stacks the end effector (row 0) and the m sphere centres, and
+    ``point_jac`` (1 + m, 3, n) their linear Jacobians (m/s per rad/s); ``centers`` and
+    ``sphere_jac`` are views of rows 1.. of those, ``ee_pos`` a view of row 0.
+    """
+
+    ee_pos: np.ndarray
+    ee_rot: np.ndarray
+    ee_jac: np.ndarray
+    centers: np.ndarray
+    radii: np.ndarray
+    sphere_jac: np.ndarray
+    points: np.ndarray
+    point_jac: np.ndarray
 
 
 def _transform(xyz: Sequence[float], rpy: Sequence[float]) -> np.ndarray:
@@ -122,6 +142,7 @@ class Kinematics:
                             np.stack([-ax[:, 1], ax[:, 0], zero], 1)], 1)
         self._K2 = self._K @ self._K
         self._build_spheres(primitives)
+        self._build_points()
         self._revolute = (~self._types).astype(float)
         self._any_prismatic = bool(self._types.any())
         self._eye = np.eye(3)
@@ -129,6 +150,7 @@ class Kinematics:
         self._homog[:, 3, 3] = 1.0
         self._cache_key: bytes | None = None
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._cache_frames = np.zeros((n, 4, 4))
 
     # ------------------------------------------------------------------ construction
     def _value(self, joint: UrdfJoint) -> float:
@@ -194,6 +216,17 @@ class Kinematics:
         n = len(self.joint_names)
         self._sphere_mask = (np.arange(n)[None, :] <= self._sphere_group[:, None]).astype(float)
 
+    def _build_points(self) -> None:
+        """Tables of :meth:`kinematics_all`: homogeneous local coordinates (1 + m, 4) of the EE
+        (on the last controlled frame) and the sphere centres, their frame index and joint mask."""
+        n, m = len(self.joint_names), len(self.sphere_names)
+        local = np.ones((1 + m, 4))
+        local[0, :3], local[1:, :3] = self._ee_p, self._sphere_local
+        self._pt_local_h = local
+        self._pt_group = np.concatenate([[n - 1], self._sphere_group]).astype(int)
+        self._pt_rows = np.arange(1 + m)
+        self._pt_mask = np.vstack([np.ones((1, n)), self._sphere_mask])[:, None, :]  # (1 + m, 1, n)
+
     @classmethod
     def for_scene(cls, scene: Scene) -> Kinematics:
         """Kinematics of ``scene.robot`` (controlled joints, EE link, proxies; gripper held open)."""
@@ -231,7 +264,7 @@ class Kinematics:
         t = out[0] = m[0]
         for k in range(1, len(q)):
             t = out[k] = t @ m[k]
-        self._cache_key, self._cache = key, (out[:, :3, :3], out[:, :3, 3])
+        self._cache_key, self._cache, self._cache_frames = key, (out[:, :3, :3], out[:, :3, 3]), out
         return self._cache
 
     def _axes_world(self, rots: np.ndarray) -> np.ndarray:
@@ -243,16 +276,6 @@ class Kinematics:
         rots, origins = self._frames(q)
         r = rots[-1]
         return origins[-1] + r @ self._ee_p, r @ self._ee_r
-
-    def _linear_columns(self, z: np.ndarray, joints_p: np.ndarray, points: np.ndarray) -> np.ndarray:
-        """Linear-velocity Jacobians (m, 3, n) of ``points`` (m, 3) for every joint."""
-        d = points[:, None, :] - joints_p[None, :, :]
-        cross = np.stack([z[None, :, 1] * d[..., 2] - z[None, :, 2] * d[..., 1],
-                          z[None, :, 2] * d[..., 0] - z[None, :, 0] * d[..., 2],
-                          z[None, :, 0] * d[..., 1] - z[None, :, 1] * d[..., 0]], axis=1)
-        if self._any_prismatic:
-            cross[:, :, self._types] = np.broadcast_to(z[self._types].T, cross[:, :, self._types].shape)
-        return cross
 
     def ee_jacobian(self, q: np.ndarray) -> np.ndarray:
         """Geometric Jacobian (6, n), rows [v (m/s); omega (rad/s)], base frame."""
@@ -269,11 +292,36 @@ class Kinematics:
 
     def spheres(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Collision spheres: centres (m, 3) m base frame, radii (m,) m, Jacobians (m, 3, n)."""
+        k = self.kinematics_all(q)
+        return k.centers, k.radii, k.sphere_jac
+
+    def kinematics_all(self, q: np.ndarray) -> KinematicsAll:
+        """EE pose and Jacobian, sphere centres and Jacobians at ``q`` (n,) rad from one pass.
+
+        Sphere values equal :meth:`spheres`; the EE values equal :meth:`ee_pose` and
+        :meth:`ee_jacobian` up to rounding (~1e-16 m). Fresh arrays on every call.
+        """
         rots, origins = self._frames(q)
-        g = self._sphere_group
-        centres = np.matmul(rots[g], self._sphere_local[:, :, None])[:, :, 0] + origins[g]
-        jac = self._linear_columns(self._axes_world(rots), origins, centres) * self._sphere_mask[:, None, :]
-        return centres, self._sphere_radii.copy(), jac
+        frames = self._cache_frames
+        n, npts = len(self.joint_names), len(self._pt_rows)
+        world = (self._pt_local_h @ frames.reshape(4 * n, 4).T).reshape(npts, n, 4)
+        points = world[self._pt_rows, self._pt_group, :3]
+        z = self._axes_world(rots)
+        skew = z[:, _SKEW_IDX] * _SKEW_SIGN  # (n, 9): skew(z_j) row-major
+        # cross(z_j, p - o_j) = skew_j p - skew_j o_j for every point p and joint j: (1 + m, n, 3)
+        cols = (points @ skew.reshape(3 * n, 3).T).reshape(npts, n, 3) - \
+            np.matmul(skew.reshape(n, 3, 3), origins[:, :, None])[:, :, 0]
+        if self._any_prismatic:
+            cols[:, self._types, :] = z[self._types]
+        point_jac = np.empty((npts, 3, n))
+        np.multiply(cols.transpose(0, 2, 1), self._pt_mask, out=point_jac)
+        ee_jac = np.empty((6, n))
+        ee_jac[:3], ee_jac[3:] = point_jac[0], z.T
+        if self._any_prismatic:
+            ee_jac[3:, self._types] = 0.0
+        return KinematicsAll(ee_pos=points[0], ee_rot=rots[-1] @ self._ee_r, ee_jac=ee_jac,
+                             centers=points[1:], radii=self._sphere_radii.copy(),
+                             sphere_jac=point_jac[1:], points=points, point_jac=point_jac)
 
     def ik_step(self, q: np.ndarray, dx: np.ndarray, rot_goal: np.ndarray | float | None = None,
                 damping: float | None = None) -> np.ndarray:
