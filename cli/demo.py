@@ -97,7 +97,7 @@ def run_demo(cfg: DemoConfig) -> int:
     deploy_run = run_deploy(DeployConfig(
         checkpoint=str(train_run / "checkpoints" / "policy.safetensors"), scene=train_scene, port="sim",
         accept_unaudited=train_verdict != 0, duration_s=cfg.deploy_seconds, seed=cfg.seed,
-        estop_script=cfg.estop_script))
+        estop_script=cfg.estop_script, instruction=first_instruction(train_scene)))
     timings["deploy"] = time.monotonic() - t
 
     t = _stage("5/5 audit the deploy run (telemetry, event-log hash chain)")
@@ -105,6 +105,14 @@ def run_demo(cfg: DemoConfig) -> int:
     timings["deploy_audit"] = time.monotonic() - t
     _print_summary(scene_dir, train_run, deploy_run, train_verdict, deploy_verdict, timings)
     return 0
+
+
+def first_instruction(scene_name: str) -> str:
+    """The scene's first instruction template filled for its first target (what the policy knows)."""
+    from safetwin.twin.scene import load_scene
+
+    scene = load_scene(scene_name)
+    return scene.task.instruction(0, scene.object(scene.task.targets[0]))
 
 
 def _print_summary(scene_dir: Path, train_run: Path, deploy_run: Path, train_verdict: int,

@@ -148,7 +148,8 @@ def servo_specs_from_scene(scene: Any) -> list[ServoSpec]:
     g = robot.gripper
     if g is not None and g.bus_id is not None and g.servo is not None:
         scale = (g.open - g.closed) / GRIPPER_TRAVEL_RAD
-        specs.append(ServoSpec("gripper", int(g.bus_id), g.servo, None, float(g.open),
+        # home closed, as the twin resets it (the policy was trained on closed fingers)
+        specs.append(ServoSpec("gripper", int(g.bus_id), g.servo, None, float(g.closed),
                                min(g.open, g.closed), max(g.open, g.closed), scale, g.closed, tuple(g.joints)))
     if not specs:
         raise ValueError(f"virtual robot: scene {scene.name!r} has no joints with a bus_id and servo")

@@ -106,41 +106,19 @@ class DaqpSolver:
 
     def __call__(self, problem: QPProblem) -> QPResult:
         H, f = problem.hessian()
-        G, b = _drop_redundant_rows(problem)
-        n, r = problem.n, G.shape[0]
+        n, r = problem.n, problem.G.shape[0]
         if (n, r) not in self._buffers:
             self._buffers[(n, r)] = (np.full(n + r, -INF), np.zeros(n + r, dtype=np.int32))
         lower, sense = self._buffers[(n, r)]
         lower, sense = lower.copy(), sense.copy()  # daqp may write into them
         lower[:n] = problem.lb
-        upper = np.concatenate([problem.ub, b])
+        upper = np.concatenate([problem.ub, problem.b])
         x, _, flag, info = self._daqp.solve(
-            H, f, np.ascontiguousarray(G), upper, lower, sense,
+            H, f, np.ascontiguousarray(problem.G), upper, lower, sense,
             primal_tol=self.primal_tol, iter_limit=self.iter_limit)
         status = _DAQP_STATUS.get(int(flag), f"daqp_exitflag_{int(flag)}")
         x = np.array(x, dtype=float) if status == OPTIMAL else None
         return QPResult(x=x, status=status, iterations=int(info.get("iterations", -1)))
-
-
-REDUNDANT_MARGIN = 1e-6
-"""A row is dropped only if it holds with this relative margin everywhere in the bound box."""
-
-
-def _drop_redundant_rows(problem: QPProblem) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``G u <= b`` that can be active somewhere in the box ``lb <= u <= ub``.
-
-    A row with ``max_{lb<=u<=ub} G_i u = G_i mid + |G_i| rad <= b_i - REDUNDANT_MARGIN (1 + |b_i|)``
-    holds for every ``u`` the box allows, so dropping it leaves the feasible set, hence the optimum
-    and the feasibility verdict, unchanged (up to solver rounding). Non-finite data or an empty
-    box keeps every row (the solver then reports what it finds).
-    """
-    lb, ub, G, b = problem.lb, problem.ub, problem.G, problem.b
-    mid, rad = 0.5 * (lb + ub), 0.5 * (ub - lb)
-    worst = G @ mid + np.abs(G) @ rad
-    if not (np.all(rad >= 0.0) and np.isfinite(worst.sum())):
-        return G, b
-    keep = worst > b - REDUNDANT_MARGIN * (1.0 + np.abs(b))
-    return G[keep], b[keep]
 
 
 def infeasibility_slack(problem: QPProblem, solver: QPSolver | None = None) -> float:

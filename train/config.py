@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from safetwin.safety.runio import ConfigError
+
+from .safe_explore_config import SafeExploreConfig
 
 
 @dataclass
@@ -54,6 +56,8 @@ class TrainConfig:
     cost_limit: CMDP budget per episode; negative: the scene's safety.cost_limit.
     checkpoint_every: iterations between checkpoints (env resets align with them).
     progress: show tqdm progress bars.
+    safe_explore: conservative safety critic + screening + recovery policy (``enabled``, off by
+        default; see :class:`~safetwin.train.safe_explore_config.SafeExploreConfig`).
     """
 
     scene: str = "tabletop_push"
@@ -95,6 +99,7 @@ class TrainConfig:
     cost_limit: float = -1.0
     checkpoint_every: int = 5
     progress: bool = True
+    safe_explore: SafeExploreConfig = field(default_factory=SafeExploreConfig)
 
     def __post_init__(self) -> None:
         choices = {"policy": ("compact", "residual"), "vector": ("sync", "async"),

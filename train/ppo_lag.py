@@ -15,12 +15,20 @@ One iteration, top to bottom:
 6. logging (metrics.jsonl, TensorBoard, tqdm) and checkpoints every ``checkpoint_every``
    iterations (:mod:`safetwin.train.ppo_state`).
 
+With ``cfg.safe_explore.enabled`` (:mod:`safetwin.train.safe_explore`) a conservative safety
+critic, pre-trained offline, screens every proposed chunk before it reaches the envs and a
+recovery policy acts when no proposal passes; the PPO buffer keeps the proposals (Recovery RL),
+the critic's replay keeps what was executed, and both critic and recovery are updated after
+each PPO update and saved next to the policy (``checkpoints/safe_explore.safetensors``).
+``safety/train_violations`` is the cumulative cost of all finished training episodes.
+
 Envs are reset with seed ``seed + 7919 * iteration`` at the start of every checkpoint interval,
 so a run resumed from a checkpoint continues identically to an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -36,10 +44,12 @@ from safetwin.safety.runio import JsonlWriter
 
 from .buffer import RolloutBuffer
 from .config import TrainConfig
-from .envs import COST_CATEGORIES, done_episode_stats, info_field, make_vector_env
+from .envs import COST_CATEGORIES, done_episode_stats, info_field, make_env_fn, make_vector_env
 from .lagrange import make_lagrange
 from .policy import VLAPolicy, obs_slice
 from .ppo_state import PPOState, load_latest, save_iteration, truncate_metrics
+from .safe_explore import SafeExplorer
+from .safe_explore_io import FILE_NAME as SAFE_EXPLORE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +68,32 @@ def _final_obs_batch(infos: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
     return batch
 
 
+def _propose(policy: VLAPolicy, obs: dict[str, Any],
+             explorer: SafeExplorer | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(proposed chunk, its logp, executed chunk, extra cost); the screen decides with safe explore."""
+    if explorer is None:
+        chunk, logp = policy.act(obs)
+        return chunk.numpy(), logp.numpy(), chunk.numpy(), np.zeros(len(logp))
+    screened = explorer.act(policy, obs)
+    return screened.proposed, screened.logp, screened.executed, explorer.extra_cost()
+
+
 def collect_rollout(policy: VLAPolicy, envs: Any, obs: dict[str, Any], buf: RolloutBuffer,
-                    episodes: list[dict[str, float]]) -> tuple[dict[str, Any], int]:
-    """Fill ``buf`` with one rollout from ``obs``; returns (next obs, env steps executed)."""
+                    episodes: list[dict[str, float]],
+                    explorer: SafeExplorer | None = None) -> tuple[dict[str, Any], int]:
+    """Fill ``buf`` with one rollout from ``obs``; returns (next obs, env steps executed).
+
+    With ``explorer``, the envs execute the screened chunk and ``buf`` stores the proposal.
+    """
     n_env_steps = 0
     with torch.no_grad():
         v_r, v_c = _values(policy, obs)
         for t in range(buf.T):
-            chunk, logp = policy.act(obs)
-            next_obs, reward, term, trunc, infos = envs.step(chunk.numpy())
-            cost = info_field(infos, "cost_sum", buf.N)
+            chunk, logp, executed, extra_cost = _propose(policy, obs, explorer)
+            next_obs, reward, term, trunc, infos = envs.step(executed)
+            cost = info_field(infos, "cost_sum", buf.N) + extra_cost
+            if explorer is not None:
+                explorer.observe(infos, term, trunc)
             discount = info_field(infos, "discount", buf.N)
             n_env_steps += int(info_field(infos, "n_steps", buf.N).sum())
             nv_r, nv_c = _values(policy, next_obs)
@@ -76,7 +102,7 @@ def collect_rollout(policy: VLAPolicy, envs: Any, obs: dict[str, Any], buf: Roll
             if len(done_idx):  # next_obs of a finished env is the reset obs: value the final obs
                 fr, fc = _values(policy, _final_obs_batch(infos, done_idx))
                 boot_r[done_idx], boot_c[done_idx] = fr, fc
-            buf.add(obs, chunk.numpy(), logp.numpy(), reward, cost, discount, term, trunc, v_r, v_c)
+            buf.add(obs, chunk, logp, reward, cost, discount, term, trunc, v_r, v_c)
             buf.set_next_values(t, boot_r, boot_c)
             episodes.extend(done_episode_stats(infos))
             obs, v_r, v_c = next_obs, nv_r, nv_c
@@ -181,6 +207,7 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
     bar = tqdm(total=cfg.total_steps, initial=min(state.global_step, cfg.total_steps), unit="step",
                desc="PPO-Lag", dynamic_ncols=True, disable=not cfg.progress)
     ref_policy.eval()
+    explorer = _safe_explorer(cfg, policy, ckpt_dir, resume)
     obs: dict[str, Any] = {}
     try:
         while state.global_step < cfg.total_steps:
@@ -192,10 +219,12 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
             policy.eval()
             episodes: list[dict[str, float]] = []
             buf.reset()
-            obs, n_steps = collect_rollout(policy, envs, obs, buf, episodes)
+            obs, n_steps = collect_rollout(policy, envs, obs, buf, episodes, explorer)
             state.global_step += n_steps
             # ---------------------------------------------------------- lambda BEFORE the policy update
             ep = episode_metrics(episodes, state.last_episode_metrics)
+            ep["safety/train_violations"] = (state.last_episode_metrics.get("safety/train_violations", 0.0)
+                                             + float(sum(e["cost"] for e in episodes)))
             if lagrange is not None and episodes:
                 state.lam = lagrange.update(ep["safety/episode_cost"])
             # ---------------------------------------------------------- GAE (reward and cost)
@@ -208,13 +237,14 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
             losses = ppo_update(policy, optim, batch, cfg, bc_coef, state.rng)
             if policy.cfg.privileged_dim:  # critic input statistics; the actor's stay as after BC
                 policy.priv_rms.update(torch.as_tensor(batch["obs/privileged"], dtype=torch.float64))
+            safe_metrics = explorer.end_iteration() if explorer is not None else {}
             # ---------------------------------------------------------- logging
             state.iteration += 1
             state.last_episode_metrics = ep
             sps = n_steps / max(time.perf_counter() - t0, 1e-9)
             record = {"step": state.global_step, "iteration": state.iteration, **ep, **losses,
                       "charts/samples_per_s": sps, "safety/lambda": state.lam,
-                      "safety/cost_limit": cost_limit, "losses/bc_reg_coef": bc_coef}
+                      "safety/cost_limit": cost_limit, "losses/bc_reg_coef": bc_coef, **safe_metrics}
             metrics_log.write(record)
             for key, value in record.items():
                 if key not in ("step", "iteration") and value is not None:
@@ -226,7 +256,11 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
             done = stop or state.global_step >= cfg.total_steps
             # ---------------------------------------------------------- checkpoint
             if done or state.iteration % cfg.checkpoint_every == 0:
-                save_iteration(ckpt_dir, state, policy, ref_policy, optim, lagrange, cfg, scene_info)
+                folder = save_iteration(ckpt_dir, state, policy, ref_policy, optim, lagrange, cfg, scene_info)
+                if explorer is not None:  # next to each policy checkpoint (resume, deploy)
+                    for where in (folder, ckpt_dir):
+                        explorer.save(where / SAFE_EXPLORE_FILE, scene_info["safety_spec_sha256"],
+                                      {"step": state.global_step})
             if stop:
                 break
     finally:
@@ -235,6 +269,21 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
         metrics_log.close()
         envs.close()
     return state
+
+
+def _safe_explorer(cfg: TrainConfig, policy: VLAPolicy, ckpt_dir: Path, resume: bool) -> SafeExplorer | None:
+    """The safe-exploration screen: pre-trained offline in the twin, or restored on resume."""
+    se = cfg.safe_explore
+    if not se.enabled:
+        return None
+    if resume:
+        latest = json.loads((ckpt_dir / "latest.json").read_text(encoding="utf-8"))
+        return SafeExplorer.from_checkpoint(se, ckpt_dir / latest["dir"] / SAFE_EXPLORE_FILE, policy, cfg.seed)
+    explorer = SafeExplorer(se, policy, cfg.seed)
+    env_fn = make_env_fn(cfg.env_id, cfg.chunk_len, cfg.gamma, cfg.env_kwargs())
+    stats = explorer.pretrain(env_fn, policy, progress=cfg.progress)
+    logger.info("safe exploration ready: %s", {k: round(v, 4) for k, v in stats.items()})
+    return explorer
 
 
 def _tensorboard(run_dir: Path, cfg: TrainConfig, step: int) -> Any:

@@ -231,7 +231,7 @@ def test_sim_deploy_policy_sees_the_scene_and_the_arm_move_d1(tmp_path, twin_env
     for s in rec.seen:  # proprio in the env's layout: q, dq (spec order = robot order here), gripper
         assert s["proprio"].shape == (2 * n_joints + 1,) and s["proprio"].dtype == np.float32
         np.testing.assert_allclose(s["proprio"][:n_joints], s["q"], atol=1e-6)
-        assert s["proprio"][-1] == pytest.approx(1.0, abs=0.05)  # the gripper starts (and stays) open
+        assert s["proprio"][-1] == pytest.approx(0.0, abs=0.05)  # closed, as the twin resets it
     assert {s["instruction"] for s in rec.seen} == {cfg.instruction}
 
 

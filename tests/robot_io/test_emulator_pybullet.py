@@ -88,7 +88,7 @@ def test_virtual_vx300s_from_scene_speaks_for_all_nine_servos() -> None:
             assert arm.joint_names == (*scene.robot.joint_names, "gripper")
             obs = arm.get_observation(health=True)
             np.testing.assert_allclose(obs["position"][:6], scene.robot.home, atol=2 * ct.RAD_PER_TICK)
-            assert obs["gripper.pos"] == pytest.approx(scene.robot.gripper.open, abs=1e-4)
+            assert obs["gripper.pos"] == pytest.approx(scene.robot.gripper.closed, abs=1e-4)  # homed closed, as the twin
             for (lo, hi), limit in zip(arm.joint_limits[:6], scene.safety.joints, strict=True):
                 assert lo == pytest.approx(limit.lower, abs=ct.RAD_PER_TICK)
                 assert hi == pytest.approx(limit.upper, abs=ct.RAD_PER_TICK)

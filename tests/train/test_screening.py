@@ -195,3 +195,35 @@ def test_explorer_pretrains_screens_and_records_on_tiny_env(tmp_path) -> None:  
     explorer.save(tmp_path / "safe_explore.safetensors", tiny_scene().safety.sha256())
     loaded = load_safe_explore(tmp_path / "safe_explore.safetensors", scene=tiny_scene())
     assert loaded.epsilon == explorer.screen.epsilon and loaded.meta["offline"]["offline_violations"] > 0
+
+
+def test_trainer_switch_logs_metrics_saves_and_resumes(tmp_path) -> None:  # noqa: ANN001
+    """TrainConfig.safe_explore.enabled: the trainer pre-trains the critic, logs the safety
+    metrics in metrics.jsonl, saves the screen next to the policy (loadable for deploy), and a
+    resume restores it and keeps counting train_violations."""
+    from safetwin.safety.runio import read_jsonl
+    from safetwin.train.config import TrainConfig
+    from safetwin.train.run import run_train
+    from safetwin.train.safe_explore_config import SafeExploreConfig
+
+    from .conftest import TINY_ID
+
+    se = SafeExploreConfig(enabled=True, offline_episodes=12, random_fraction=0.8, offline_updates=30, online_updates=3,
+                           batch_size=32, hidden=32, horizon_steps=4)
+    base = dict(env_id=TINY_ID, scene="tiny", demo_episodes=3, bc_epochs=2, num_envs=2, rollout_decisions=12,
+                checkpoint_every=2, progress=False, seed=3, run_root=str(tmp_path), run_id="se", safe_explore=se)
+    run_dir = run_train(TrainConfig(**base, total_steps=200), scene=tiny_scene())
+    records = list(read_jsonl(run_dir / "metrics.jsonl"))
+    for key in ("safety/critic_rejections", "safety/recovery_steps", "safety/train_violations",
+                "safety/critic_epsilon"):
+        assert all(key in r for r in records), key
+    assert any(0.0 <= r.get("safety/critic_auc", -1.0) <= 1.0 for r in records)
+    assert sum(r["safety/critic_rejections"] for r in records) > 0
+    screen = load_safe_explore(run_dir / "checkpoints" / "policy.safetensors", scene=tiny_scene())
+    assert screen.epsilon == pytest.approx(records[-1]["safety/critic_epsilon"])
+    assert screen.chunk_shape == (4, 7)
+    resumed = run_train(TrainConfig(**{**base, "resume": True}, total_steps=400), scene=tiny_scene())
+    after = list(read_jsonl(resumed / "metrics.jsonl"))
+    assert len(after) > len(records) and after[-1]["step"] >= 400
+    tv = [r["safety/train_violations"] for r in after]
+    assert all(b >= a for a, b in zip(tv, tv[1:], strict=False))
