@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from safetwin.robot_io import protocol as proto
 from safetwin.robot_io.driver import ArmConfig, DynamixelArm
 from safetwin.robot_io.virtual_robot import ServoSpec, VirtualRobot
 from safetwin.safety.runio import atomic_write_json, run_metadata
-from tqdm import tqdm
 
 VX300S_LIKE = [ServoSpec("waist", 1, "XM540-W270"), ServoSpec("shoulder", 2, "XM540-W270", secondary_id=3),
                ServoSpec("elbow", 4, "XM540-W270", secondary_id=5), ServoSpec("forearm_roll", 6, "XM540-W270"),

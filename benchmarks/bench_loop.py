@@ -30,13 +30,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from safetwin.robot_io.deploy import DeployConfig, run_deploy
 from safetwin.robot_io.deploy_config import FAULT_KINDS
 from safetwin.robot_io.deploy_policy import ScriptedPolicy
 from safetwin.robot_io.virtual_robot import ServoSpec
 from safetwin.safety.runio import atomic_write_json, config_from_dict, read_jsonl, run_metadata
 from safetwin.safety.spec import parse_safety
-from tqdm import tqdm
 
 RESULT = Path(__file__).resolve().parent / "results" / "loop.json"
 JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")

@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+
 from safetwin.safety.filter import FilterState, Nominal
 
 from .deploy_config import DeployConfig

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from safetwin.safety.runio import sha256_file
 
 

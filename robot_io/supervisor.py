@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
 from safetwin.safety.events import EventLog, EventLogError
 
 from .supervisor_config import (

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from safetwin.safety.runio import ConfigError, inside, load_yaml
 from safetwin.safety.spec import Fields, Obstacle, SafetySpec, SpecError, parse_safety
 

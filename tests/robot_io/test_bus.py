@@ -9,6 +9,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from safetwin.robot_io import control_table as ct
 from safetwin.robot_io.protocol import ErrorCode
 from safetwin.robot_io.serial_bus import (

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+
 from safetwin.robot_io.deploy import DeployConfig, run_deploy
 from safetwin.robot_io.deploy_policy import ScriptedPolicy
 from safetwin.robot_io.protocol import Instruction, split_sync_write

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from safetwin.robot_io import control_table as ct
 from safetwin.robot_io import serial_bus
 from safetwin.robot_io.driver import (

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+
 from safetwin.robot_io.driver import ArmConfig, DynamixelArm
 
 pytestmark = pytest.mark.hardware

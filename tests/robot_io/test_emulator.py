@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from safetwin.robot_io import control_table as ct
 from safetwin.robot_io import protocol as proto
 from safetwin.robot_io.emulator import KinematicPlant, ServoChain

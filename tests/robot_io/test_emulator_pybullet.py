@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from safetwin.robot_io import control_table as ct
 from safetwin.robot_io.driver import ArmConfig, DynamixelArm
 from safetwin.robot_io.emulator_plant import PybulletPlant

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from safetwin.robot_io.estop import (
     MAX_LINE,
     EStopEmulator,

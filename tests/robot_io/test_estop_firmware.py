@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from safetwin.robot_io.estop import HELLO_PREFIX, PROTOCOL_VERSION, encode_line
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "robot_io" / "firmware" / "estop_box"

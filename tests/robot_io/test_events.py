@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+
 from safetwin.safety.events import (
     GENESIS_SHA256,
     EventLog,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from safetwin.robot_io import protocol as proto
 from safetwin.robot_io.protocol import Instruction, Packet, PacketParser
 

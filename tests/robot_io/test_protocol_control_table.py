@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from safetwin.robot_io import control_table as ct
 
 # (address, size, writable, eeprom) as printed in the XM430-W350 / XM540-W270 control tables.

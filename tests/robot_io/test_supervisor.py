@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+
 from safetwin.robot_io.deploy_io import ArmStopActuator, read_state
 from safetwin.robot_io.driver import ArmConfig, DynamixelArm
 from safetwin.robot_io.estop import EStopProtocol, encode_line

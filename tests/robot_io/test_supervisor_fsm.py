@@ -18,6 +18,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
 from safetwin.robot_io.supervisor import SupervisorState
 from safetwin.safety.events import verify_chain
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pybullet as p
 import pytest
+
 from safetwin.safety.robot_model import RobotModel
 from safetwin.twin.assets import gen_vx300s
 from safetwin.twin.assets.robots import load_robot_data
@@ -83,6 +84,7 @@ def test_robot_data_errors_name_file_and_key(tmp_path) -> None:
     import shutil
 
     import yaml
+
     from safetwin.safety.spec import SpecError
     from safetwin.twin.assets.robots import parse_robot_data
 

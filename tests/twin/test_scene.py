@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
 from safetwin.safety.runio import ConfigError
 from safetwin.safety.spec import SpecError
 from safetwin.twin.assets.robots import load_robot_data

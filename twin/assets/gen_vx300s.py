@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from safetwin.safety.runio import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
