@@ -142,7 +142,11 @@ class SafetyFilter:
         self.points = ("ee",) + tuple(robot_model.sphere_names[i] for i in self.moving)
         self._obstacles = rows.ObstacleArrays.from_obstacles(spec.obstacles)
         self._names_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._name_arrays: dict[tuple[str, ...], np.ndarray] = {}  # row names -> object array
         self._joint_names = spec.joint_names
+        self._bound_names = np.array([[[f"{src}_{side}[{j}]" for j in spec.joint_names]
+                                       for src in rows.JOINT_SOURCES] for side in ("lower", "upper")],
+                                     dtype=object)  # (2 sides, 4 sources, n joints)
         self._last_brake: str | None = None
         self._kin_all = _combined_kinematics(robot_model, spec)
         self._point_rows = np.concatenate([[0], 1 + np.asarray(self.moving, int)])
@@ -199,7 +203,9 @@ class SafetyFilter:
 
     def _row_names(self, obs: rows.ObstacleArrays) -> tuple[str, ...]:
         if obs.names not in self._names_cache:
-            self._names_cache[obs.names] = rows.row_names(self.limits, self.points, obs.names)
+            names = rows.row_names(self.limits, self.points, obs.names)
+            self._names_cache[obs.names] = names
+            self._name_arrays[names] = np.array(names, dtype=object)
         return self._names_cache[obs.names]
 
     def build(self, state: FilterState, nominal: Nominal) -> FilterProblem:
@@ -295,16 +301,15 @@ class SafetyFilter:
         return x, report
 
     def _active(self, fp: FilterProblem, x: np.ndarray, residual: np.ndarray) -> tuple[str, ...]:
-        qp, joints, src = fp.qp, self._joint_names, rows.JOINT_SOURCES
-        names = [fp.row_names[i] for i in np.flatnonzero(residual <= ACTIVE_TOL * (1.0 + np.abs(qp.b)))]
+        """Names of the rows and bounds active at ``x``, from precomputed name arrays."""
+        qp = fp.qp
+        names = self._name_arrays[fp.row_names][residual <= ACTIVE_TOL * (1.0 + np.abs(qp.b))].tolist()
         low = np.flatnonzero(x - qp.lb <= ACTIVE_TOL * (1.0 + np.abs(qp.lb)))
         high = np.flatnonzero(qp.ub - x <= ACTIVE_TOL * (1.0 + np.abs(qp.ub)))
         if low.size:
-            which = fp.lows[:, low].argmax(axis=0)
-            names += [f"{src[w]}_lower[{joints[j]}]" for j, w in zip(low, which, strict=True)]
+            names += self._bound_names[0][fp.lows[:, low].argmax(axis=0), low].tolist()
         if high.size:
-            which = fp.highs[:, high].argmin(axis=0)
-            names += [f"{src[w]}_upper[{joints[j]}]" for j, w in zip(high, which, strict=True)]
+            names += self._bound_names[1][fp.highs[:, high].argmin(axis=0), high].tolist()
         return tuple(names)
 
     def with_spec(self, spec: SafetySpec) -> SafetyFilter:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -75,6 +76,11 @@ class Limits:
     distance_margin: float
     ee_normals: np.ndarray
     ee_offset: float
+    brake_acceleration: np.ndarray = field(init=False)
+    """``CARTESIAN_BRAKE_FRACTION * acceleration`` (n,) rad/s^2, derived."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "brake_acceleration", CARTESIAN_BRAKE_FRACTION * self.acceleration)
 
     @classmethod
     def from_spec(cls, spec: SafetySpec) -> Limits:
@@ -185,21 +191,40 @@ def row_names(lim: Limits, points: Sequence[str], obstacles: Sequence[str]) -> t
 
 _FACE_NORMALS = np.vstack([np.eye(3), -np.eye(3)])
 """Outward normals of the six faces of an axis-aligned box: +x, +y, +z, -x, -y, -z."""
+_EYE3 = np.eye(3)
 
 
 def _box_signed_distance(p: np.ndarray, centers: np.ndarray, half: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Signed distance (P, O) m from points ``p`` (P, 3) to boxes, and its gradient (P, O, 3):
-    the unit vector from the nearest surface point outside, the deepest face's normal inside."""
-    d = p[:, None, :] - centers[None, :, :]
-    sign = np.where(d >= 0.0, 1.0, -1.0)
-    excess = np.abs(d) - half[None, :, :]
+    the unit vector from the nearest surface point outside, the deepest face's normal inside.
+    The usual case (every point outside every box) takes a short path with fewer array calls."""
+    d = p[:, None, :] - centers
+    excess = np.abs(d)
+    excess -= half
     outside = np.maximum(excess, 0.0)
     out_norm = np.sqrt(np.einsum("poc,poc->po", outside, outside))
+    sign = np.where(d >= 0.0, 1.0, -1.0)
+    if out_norm.min(initial=np.inf) > 0.0:  # all outside: max(excess) > 0, so dist = out_norm
+        outside /= out_norm[..., None]
+        outside *= sign
+        return out_norm, outside
     is_out = out_norm > 0.0
-    inside_grad = np.eye(3)[np.argmax(excess, axis=2)]
+    inside_grad = _EYE3[np.argmax(excess, axis=2)]
     grad = np.where(is_out[..., None], outside / np.where(is_out, out_norm, 1.0)[..., None], inside_grad)
     return out_norm + np.minimum(np.max(excess, axis=2), 0.0), grad * sign
+
+
+@lru_cache(maxsize=32)
+def _row_order(npts: int, k: int, o: int) -> np.ndarray:
+    """Indices taking the point-major ``(point, slot)`` rows of :func:`cartesian_rows` (slots:
+    workspace hi x/y/z, workspace lo x/y/z, the K keep-out boxes, the O obstacles) to the
+    block order of :func:`row_names`."""
+    slots = 6 + k + o
+    base = np.arange(npts)[:, None] * slots
+    blocks = [base + np.arange(3), base + 3 + np.arange(3), base + 6 + np.arange(k),
+              base + 6 + k + np.arange(o)]
+    return np.concatenate([blk.ravel() for blk in blocks])
 
 
 def cartesian_rows(lim: Limits, obs: ObstacleArrays, p: np.ndarray, r: np.ndarray, jac: np.ndarray,
@@ -207,6 +232,10 @@ def cartesian_rows(lim: Limits, obs: ObstacleArrays, p: np.ndarray, r: np.ndarra
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``G`` (R, n), ``b`` (R,) m/s, barrier values ``h`` (R,) m (NaN for speed rows), in
     the order of :func:`row_names`.
+
+    Every barrier row of a point is ``-grad_h(p) . J_p`` (m/s per rad/s); the gradients of all
+    points and barriers are stacked as ``(points, slots, 3)`` and multiplied with the point
+    Jacobians in one batched product, then reordered once (:func:`_row_order`).
 
     Args:
         p, r, jac: point positions (P, 3) m base frame, radii (P,) m, Jacobians (P, 3, n).
@@ -216,22 +245,27 @@ def cartesian_rows(lim: Limits, obs: ObstacleArrays, p: np.ndarray, r: np.ndarra
     """
     npts, _, n = jac.shape
     e, k, o = len(lim.ee_normals), len(lim.keep_names), len(obs.names)
-    ends = np.cumsum([e, 3 * npts, 3 * npts, npts * k, npts * o])
-    G, h = np.empty((ends[-1], n)), np.empty(ends[-1])
-    G[:e], h[:e] = lim.ee_normals @ jv_ee, np.nan
-    flat = jac.reshape(-1, n)
-    G[ends[0]:ends[1]], G[ends[1]:ends[2]] = flat, -flat
-    h[ends[0]:ends[1]] = (lim.ws_hi[None] - p - r[:, None]).ravel()
-    h[ends[1]:ends[2]] = (p - r[:, None] - lim.ws_lo[None]).ravel()
+    grad = np.empty((npts, 6 + k + o, 3))  # descent direction -grad_h per (point, slot)
+    hp = np.empty((npts, 6 + k + o))
+    grad[:, :6] = _FACE_NORMALS
+    hp[:, :3] = lim.ws_hi - p - r[:, None]
+    hp[:, 3:6] = p - r[:, None] - lim.ws_lo
     if k:
-        faces = np.concatenate([p[:, None, :] - lim.keep_hi[None], lim.keep_lo[None] - p[:, None, :]], axis=2)
-        normal = _FACE_NORMALS[np.argmax(faces, axis=2)]  # (P, K, 3)
-        G[ends[2]:ends[3]] = -np.einsum("pkc,pcn->pkn", normal, jac).reshape(-1, n)
-        h[ends[2]:ends[3]] = (np.max(faces, axis=2) - r[:, None] - lim.distance_margin).ravel()
+        faces = np.empty((npts, k, 6))  # distances past the +x..+z, -x..-z faces (m)
+        np.subtract(p[:, None, :], lim.keep_hi, out=faces[..., :3])
+        np.subtract(lim.keep_lo, p[:, None, :], out=faces[..., 3:])
+        np.negative(_FACE_NORMALS[faces.argmax(axis=2)], out=grad[:, 6:6 + k])
+        hp[:, 6:6 + k] = faces.max(axis=2) - r[:, None] - lim.distance_margin
     if o:
-        dist, grad = _box_signed_distance(p, obs.centers, obs.half)
-        G[ends[3]:] = -np.einsum("poc,pcn->pon", grad, jac).reshape(-1, n)
-        h[ends[3]:] = (dist - r[:, None] - lim.distance_margin).ravel()
+        dist, dgrad = _box_signed_distance(p, obs.centers, obs.half)
+        np.negative(dgrad, out=grad[:, 6 + k:])
+        hp[:, 6 + k:] = dist - r[:, None] - lim.distance_margin
+    order = _row_order(npts, k, o)
+    G, h = np.empty((e + order.size, n)), np.empty(e + order.size)
+    np.matmul(lim.ee_normals, jv_ee, out=G[:e])
+    h[:e] = np.nan
+    np.take(np.matmul(grad, jac).reshape(-1, n), order, axis=0, out=G[e:])
+    np.take(hp.ravel(), order, out=h[e:])
     b = np.empty_like(h)
     b[:e] = lim.ee_offset
     b[e:] = _barrier_rhs(G[e:], h[e:], lim, dt, margin, dq)
@@ -248,19 +282,22 @@ def _barrier_rhs(G: np.ndarray, h: np.ndarray, lim: Limits, dt: float, margin: f
     point approaching a barrier slows down early enough to stay feasible instead of braking.
     Outside it (``h < 0``, scenario B6) the point must move back, its return speed ramping up by
     at most that deceleration times ``dt`` per step (bounded-speed recovery, never deeper).
+    Computed for all rows at once; the cases are selected with ``np.where`` (no masked copies);
+    the recovery branch is skipped when no row is violated.
     """
     lam = lim.gamma / dt
     h_eff = h - margin / lim.gamma
     rate = lam * h_eff
-    decel = CARTESIAN_BRAKE_FRACTION * (np.abs(G) @ lim.acceleration)
+    decel = np.abs(G) @ lim.brake_acceleration
     h_star = decel / (lam * lam)
-    far = (h_eff > h_star) & (decel > 0.0)
-    if far.any():
-        adt = decel[far] * dt
-        brake = -adt + np.sqrt(adt * adt + 2.0 * decel[far] * (h_eff[far] - 0.5 * h_star[far]))
-        rate[far] = np.minimum(rate[far], brake)
-    outside = (h < 0.0) & (decel > 0.0)  # without authority the row stays violated: degenerate
-    if outside.any():
-        ramp = np.minimum(G[outside] @ dq, 0.0) - decel[outside] * dt
-        rate[outside] = np.minimum(np.maximum(rate[outside], ramp), -margin / dt)  # h(x+) >= h(x)
-    return rate
+    has_authority = decel > 0.0
+    adt = decel * dt
+    brake = np.sqrt(np.maximum(adt * adt + 2.0 * decel * (h_eff - 0.5 * h_star), 0.0)) - adt
+    rate = np.where((h_eff > h_star) & has_authority, np.minimum(rate, brake), rate)
+    violated = h < 0.0
+    if not violated.any():
+        return rate
+    # without authority a violated row stays violated: degenerate (see SafetyFilter._build)
+    ramp = np.minimum(G @ dq, 0.0) - adt
+    recover = np.minimum(np.maximum(rate, ramp), -margin / dt)  # h(x+) >= h(x)
+    return np.where(violated & has_authority, recover, rate)

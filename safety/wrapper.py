@@ -25,7 +25,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .filter import FilterReport, FilterState, Nominal, SafetyFilter
+from .filter import FilterReport, FilterState, Nominal, SafetyFilter, spec_with_filter
 from .filter_config import validate_setup
 from .qp import QPSolver
 from .robot_model import RobotModel
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 ROBOT_ATTRS = ("robot_model", "kin")
 """Where the env exposes its :class:`RobotModel` (the contract's name first)."""
 SPEC_ATTRS = ("safety_spec", "spec")
+SIM_TIME_BUDGET_S = 0.05
+"""Solve-time budget (s) of the filter in the twin (see SafetyFilterWrapper's ``time_budget_s``)."""
 """Where the env exposes its current :class:`SafetySpec` (the contract's name first)."""
 
 
@@ -77,10 +79,15 @@ class SafetyFilterWrapper(gym.Wrapper):
         spec: the limits to enforce (default: ``env.unwrapped.safety_spec``).
         solver: optional QP solver hook passed to the filter.
         intervention_tol: correction norm (rad/s) above which a step counts as an intervention.
+        time_budget_s: the solve-time budget (s) in the twin. Simulated time stands still while
+            the filter solves, so the spec's real-time budget (``safety.filter.time_budget_s``,
+            enforced on the robot) would only make simulated results depend on how loaded the
+            machine is; the twin uses the larger of this and the spec's budget, still a bound, so
+            a hung solver brakes. None: the spec's budget. Solve times are still measured and reported in ``info["filter"]``.
     """
 
     def __init__(self, env: gym.Env, spec: SafetySpec | None = None, *, solver: QPSolver | None = None,
-                 intervention_tol: float = 1e-6) -> None:
+                 intervention_tol: float = 1e-6, time_budget_s: float | None = SIM_TIME_BUDGET_S) -> None:
         super().__init__(env)
         base = env.unwrapped
         robot = _find(base, ROBOT_ATTRS, RobotModel)
@@ -94,6 +101,8 @@ class SafetyFilterWrapper(gym.Wrapper):
                             f"under {' or '.join(SPEC_ATTRS)}")
         if not hasattr(base, "command_filter"):
             raise TypeError(f"SafetyFilterWrapper: {type(base).__name__} has no command_filter hook")
+        if time_budget_s is not None:
+            spec = spec_with_filter(spec, time_budget_s=max(spec.filter.time_budget_s, float(time_budget_s)))
         self.filter_spec, self.robot_model, self.solver = spec, robot, solver
         self.intervention_tol = float(intervention_tol)
         self._filters: dict[float, SafetyFilter] = {}

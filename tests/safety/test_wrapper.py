@@ -157,3 +157,22 @@ def test_b1_twin_env_applies_certified_command_bit_for_bit() -> None:
             assert info["filter"]["steps"] >= 1
     finally:
         env.close()
+
+
+def test_twin_solve_budget_is_generous_but_bounded_b5() -> None:
+    """Simulated time stands still during a solve: the twin uses a bounded sim budget, the robot the spec's."""
+    from safetwin.safety.filter import spec_with_filter
+    from safetwin.safety.wrapper import SIM_TIME_BUDGET_S
+
+    env = HookEnv()
+    env.safety_spec = spec_with_filter(env.safety_spec, time_budget_s=0.002)  # a real-time budget
+    twin = SafetyFilterWrapper(env)
+    assert twin.filter_spec.filter.time_budget_s == SIM_TIME_BUDGET_S
+    loose = SafetyFilterWrapper(HookEnv())  # a spec budget above the sim one is kept
+    assert loose.filter_spec.filter.time_budget_s == HookEnv().safety_spec.filter.time_budget_s
+    env = HookEnv()
+    spec_budget = 0.002
+    env.safety_spec = spec_with_filter(env.safety_spec, time_budget_s=spec_budget)
+    strict = SafetyFilterWrapper(env, time_budget_s=None)
+    assert strict.filter_spec.filter.time_budget_s == spec_budget
+    assert twin.filter_spec.joints == strict.filter_spec.joints, "only the budget differs"
