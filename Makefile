@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
 .PHONY: setup sysdeps testdeps test test-all demo capture train audit deploy bench bench-env bench-filter \
-        bench-loop bench-train bench-capture bench-safe-explore lint clean
+        bench-bus bench-loop bench-train bench-capture bench-safe-explore lint clean
 
 setup: $(STAMP)
 
@@ -72,13 +72,16 @@ deploy: setup
 demo: setup
 	$(VENV)/bin/safetwin demo --scene $(SCENE) $(ARGS)
 
-bench: bench-env bench-filter bench-loop bench-capture bench-train bench-safe-explore
+bench: bench-env bench-filter bench-bus bench-loop bench-capture bench-train bench-safe-explore
 
 bench-env: setup
 	$(PY) benchmarks/bench_env.py
 
 bench-filter: setup
 	$(PY) benchmarks/bench_filter.py
+
+bench-bus: setup
+	$(PY) benchmarks/bench_bus.py
 
 bench-loop: setup
 	$(PY) benchmarks/bench_loop.py

@@ -119,14 +119,17 @@ def _print_summary(scene_dir: Path, train_run: Path, deploy_run: Path, train_ver
                    deploy_verdict: int, timings: dict[str, float]) -> None:
     train_report = json.loads((train_run / "audit" / "report.json").read_text())
     deploy_summary = json.loads((deploy_run / "summary.json").read_text())
-    modes = train_report.get("metrics", {}).get("eval", {})
+    metrics = train_report.get("metrics", {})
     lines = ["", "=== SafeTwin demo summary ===",
              f"captured twin     {scene_dir}/scene.yaml  (report: {scene_dir}/capture_report.md)",
              f"training run      {train_run}",
              f"checkpoint audit  {'PASS' if train_verdict == 0 else 'FAIL'}  {train_run}/audit/report.html"]
-    for mode, m in (modes.items() if isinstance(modes, dict) else []):
+    for mode in ("raw", "filtered"):
+        m = metrics.get(mode)
         if isinstance(m, dict) and "success_rate" in m:
-            lines.append(f"  {mode:9s} success {m['success_rate']:.0%}  mean cost {m.get('mean_cost', 0):.3f}")
+            cost = m.get("safety_cost", {})
+            lines.append(f"  {mode:9s} success {m['success_rate']:.0%}  mean cost {cost.get('mean', float('nan')):.2f}"
+                         f"  by category {cost.get('per_category_mean')}")
     lines += [f"deploy run        {deploy_run}  status {deploy_summary.get('status')}, stops "
               f"{[s.get('cause') for s in deploy_summary.get('stops', [])]}",
               f"deploy audit      {'PASS' if deploy_verdict == 0 else 'FAIL'}  {deploy_run}/audit/report.html",

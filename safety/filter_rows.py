@@ -224,7 +224,9 @@ def _row_order(npts: int, k: int, o: int) -> np.ndarray:
     base = np.arange(npts)[:, None] * slots
     blocks = [base + np.arange(3), base + 3 + np.arange(3), base + 6 + np.arange(k),
               base + 6 + k + np.arange(o)]
-    return np.concatenate([blk.ravel() for blk in blocks])
+    order = np.concatenate([blk.ravel() for blk in blocks])
+    order.flags.writeable = False  # shared by every call through the cache
+    return order
 
 
 def cartesian_rows(lim: Limits, obs: ObstacleArrays, p: np.ndarray, r: np.ndarray, jac: np.ndarray,
