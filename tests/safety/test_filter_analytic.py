@@ -7,13 +7,11 @@ tightest of the velocity, acceleration, position-barrier, braking-distance and C
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
+import filter_models as M  # tests/safety is on pytest's pythonpath
 import numpy as np
 import pytest
 
@@ -21,18 +19,6 @@ from safetwin.safety.filter import FilterConfigError, FilterState, Nominal, Safe
 from safetwin.safety.qp import DaqpSolver, QPResult
 from safetwin.safety.spec import Box, JointLimit, Obstacle
 
-
-def _load_models():
-    name = "safetwin_tests_filter_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_filter_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-M = _load_models()
 DT = 0.01
 
 

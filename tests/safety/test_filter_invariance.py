@@ -7,10 +7,7 @@ Runs on the analytic test arms always, and on the twin's bundled 6-DoF arm and t
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import filter_models as M  # tests/safety is on pytest's pythonpath
 import numpy as np
 import pytest
 
@@ -18,18 +15,6 @@ from safetwin.safety.filter import FilterState, Nominal, SafetyFilter, spec_with
 from safetwin.safety.filter_check import adversarial_run, barrier_values, random_safe_state, step_violations
 from safetwin.safety.spec import Box, FilterParams, JointLimit, Obstacle, SafetySpec
 
-
-def _load_models():
-    name = "safetwin_tests_filter_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_filter_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-M = _load_models()
 DT = 0.01
 
 

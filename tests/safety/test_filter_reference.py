@@ -3,28 +3,13 @@ same as quadprog, on random problems of the planar test arm (joint and twist nom
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import filter_models as M  # tests/safety is on pytest's pythonpath
 import numpy as np
 import pytest
 
 from safetwin.safety.filter import FilterState, Nominal, SafetyFilter
 from safetwin.safety.qp import CvxpyReference, DaqpSolver, QPProblem, QuadprogSolver
 
-
-def _load_models():
-    name = "safetwin_tests_filter_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_filter_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-M = _load_models()
 DT = 0.01
 
 

@@ -8,30 +8,15 @@ the twin's env is installed the same checks run on it too.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
+import filter_models as M  # tests/safety is on pytest's pythonpath
 import gymnasium as gym
 import numpy as np
 import pytest
 
 from safetwin.safety.filter import FilterConfigError, FilterState, Nominal, SafetyFilter
 from safetwin.safety.wrapper import SafetyFilterWrapper
-
-
-def _load_models():
-    name = "safetwin_tests_filter_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_filter_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-M = _load_models()
 
 
 class HookEnv(gym.Env):
