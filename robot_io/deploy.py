@@ -182,6 +182,7 @@ class _Run:
         self.bus_ms: list[float] = []
         self.misses = 0
         self.injected: list[dict[str, Any]] = []
+        self.probe: dict[str, Any] | None = None
         self.seq = 0
 
 
@@ -360,11 +361,26 @@ def run_deploy(cfg: DeployConfig, *, policy: Any = None, spec: Any = None, robot
 
 def _wait_and_arm(run: _Run, timeout_s: float = 2.0) -> None:
     """Wait (bounded) for the e-stop permissive and the first action chunk, then send the arm
-    command if ``auto_arm``; the policy starts from a first state read."""
+    command if ``auto_arm`` and run the startup self-check (A7) before the policy gets control:
+    the probe moves the arm only while the supervisor is ARMED (no goal byte leaves an unarmed
+    runner), and a failure stops and latches before any policy command."""
+    _wait_ready(run, timeout_s)
+    if not run.cfg.auto_arm or run.abort:
+        return
+    if not run.sup.arm("auto_arm"):
+        logger.warning("auto-arm refused: %s", run.sup.summary()["persisting"])
+        return
+    if run.cfg.probe.enabled:
+        _self_check(run)
+        _wait_ready(run, timeout_s)  # the probe took seconds: start from a fresh state and chunk
+
+
+def _wait_ready(run: _Run, timeout_s: float) -> None:
+    """Keep the policy's state fresh until the e-stop permits and a fresh chunk exists (bounded)."""
     from .serial_bus import CommError, DisconnectedError, ServoStatusError
 
     end = time.monotonic() + timeout_s
-    while True:  # keep the policy's state fresh while waiting; a transient read failure is retried
+    while True:  # a transient read failure is retried
         try:
             obs = run.arm.get_observation()
         except (CommError, ServoStatusError) as exc:
@@ -380,10 +396,57 @@ def _wait_and_arm(run: _Run, timeout_s: float = 2.0) -> None:
         chunk = run.loop.mailbox.latest()
         fresh = chunk is not None and obs["t_mono"] - chunk.t_obs < run.cfg.policy_deadline_s / 2
         if (run.monitor.permits_motion() and fresh) or time.monotonic() > end or run.abort:
-            break
+            return
         time.sleep(0.01)
-    if run.cfg.auto_arm and not run.abort and not run.sup.arm("auto_arm"):
-        logger.warning("auto-arm refused: %s", run.sup.summary()["persisting"])
+
+
+def _self_check(run: _Run) -> None:
+    """The startup probe (A7) right after the first arm command, before the control loop runs;
+    a failure stops and latches SELF_CHECK for the run (reset and re-arming are refused) and
+    raises, so the run ends through the safe-shutdown path."""
+    from .startup_probe import ProbeError, run_startup_probe
+
+    spec, report = run.spec, None
+
+    def permits() -> bool:
+        return run.abort is None and run.monitor.permits_motion() and run.sup.may_command()
+
+    if not permits():
+        detail = "not run: the e-stop does not permit motion (release it and start again)"
+    else:
+        gravity = _gravity_model(run)
+        try:
+            report = run_startup_probe(run.arm, spec.joint_names, [j.lower for j in spec.joints],
+                                       [j.upper for j in spec.joints], run.cfg.probe,
+                                       None if gravity is None else gravity.torques, permits)
+        except ProbeError as exc:
+            detail = str(exc)
+        else:
+            detail = "; ".join(report.failures())
+        finally:
+            if gravity is not None:
+                gravity.close()
+    if run.abort:
+        logger.warning("startup probe interrupted by %s", run.abort)
+        return
+    run.probe = None if report is None else report.as_dict()
+    run.sup.record("startup_probe", **(run.probe or {"passed": False, "problems": [detail]}))
+    if report is None or not report.passed:
+        run.sup.trip(Cause.SELF_CHECK, detail)
+        raise ProbeError(f"refusing to arm: the startup self-check failed (A7): {detail}", report)
+    if report.unverified:
+        logger.warning("startup probe: joint direction not confirmed by gravity for %s", report.unverified)
+
+
+def _gravity_model(run: _Run) -> Any:
+    """The twin's gravity torques for the spec's joints, or None without a scene URDF."""
+    robot = getattr(run.scene, "robot", None)
+    if robot is None:
+        return None
+    from safetwin.twin.dynamics import GravityModel
+
+    fixed = {name: robot.gripper.open for name in robot.gripper.joints} if robot.gripper else {}
+    return GravityModel(robot.urdf, run.spec.joint_names, fixed)
 
 
 def _note_gripper(run: _Run, obs: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import yaml
 from safetwin.safety.runio import ConfigError
 
 from .deploy_camera import CAMERA_MODES
+from .startup_probe import ProbeConfig
 from .supervisor_config import SupervisorConfig
 
 ESTOP_ACTIONS = ("press", "release", "reset", "arm")
@@ -106,6 +107,9 @@ class DeployConfig:
         estop_script: ``[[t_s, press|release|reset|arm], ...]`` operator/e-stop events (sim e-stop).
         fault_script: ``[[t_s, kind], ...]`` injected faults (sim only), kinds in ``FAULT_KINDS``.
         supervisor: supervisor thresholds (``dt`` is set from ``control_hz``).
+        probe: the startup self-check (A7, see :mod:`startup_probe`), run right after the
+            start-up arm command and before the policy gets control; a failure stops and
+            latches for the whole run. Needs ``auto_arm``.
     """
 
     checkpoint: str = ""
@@ -141,6 +145,7 @@ class DeployConfig:
     estop_script: list = field(default_factory=list)
     fault_script: list = field(default_factory=list)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
         for name in ("control_hz", "policy_hz", "ee_scale_m", "ee_scale_rad", "max_step_rad",
@@ -188,6 +193,11 @@ class DeployConfig:
         if not isinstance(self.supervisor, SupervisorConfig):
             raise ConfigError("deploy.supervisor: must be a mapping of supervisor options")
         self.supervisor = dataclasses.replace(self.supervisor, dt=1.0 / self.control_hz)
+        if not isinstance(self.probe, ProbeConfig):
+            raise ConfigError("deploy.probe: must be a mapping of startup-probe options")
+        if self.probe.enabled and not self.auto_arm:
+            raise ConfigError("deploy.probe: the startup self-check (A7) runs with the start-up arm command; "
+                              "with auto_arm false, turn it off explicitly (probe.enabled false)")
 
     @property
     def dt(self) -> float:

@@ -48,6 +48,7 @@ def build_summary(run: Any, status: str, energised: list[str]) -> dict[str, Any]
         "telemetry_missing": run.seq - run.telemetry.records,  # F2: > 0 means a gap in the record
         "config_sha256": _sha(run.dir / "config.yaml"), "seed": cfg.seed,
         "injected": run.injected,
+        "startup_probe": run.probe,
         "driver": _describe(arm),
         "joint_names": list(loop.names) if loop is not None else None,
         "held_joints": [loop.all_names[i] for i in loop.extra] if loop is not None else None,

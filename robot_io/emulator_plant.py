@@ -65,7 +65,7 @@ class PybulletPlant:
             self.joints_of[s.id] = [names[j] for j in (s.urdf_joints or (s.joint,))]
             self.kt[s.id] = table.stall_torque_nm / table.stall_current_a
             # joint-side force limit: stall torque (x2 for dual servos) through the joint scale
-            self.max_force[s.id] = table.stall_torque_nm * len(s.ids) / s.scale
+            self.max_force[s.id] = table.stall_torque_nm * len(s.ids) / abs(s.scale)
             for j in self.joints_of[s.id]:
                 self.client.resetJointState(self.body, j, s.home_rad)
         self.goals: dict[int, tuple[float | None, float]] = {s.id: (None, 0.0) for s in servos}
@@ -84,11 +84,11 @@ class PybulletPlant:
                 if goal is None:
                     self.client.setJointMotorControl2(self.body, joint, pybullet.VELOCITY_CONTROL,
                                                       targetVelocity=0.0,
-                                                      force=self.friction * len(spec.ids) / spec.scale)
+                                                      force=self.friction * len(spec.ids) / abs(spec.scale))
                 else:
                     self.client.setJointMotorControl2(
                         self.body, joint, pybullet.POSITION_CONTROL, targetPosition=spec.to_joint(goal),
-                        maxVelocity=max(speed * spec.scale, 1e-4), force=self.max_force[sid])
+                        maxVelocity=max(speed * abs(spec.scale), 1e-4), force=self.max_force[sid])
 
     def step(self, dt: float) -> None:
         """Advance the physics (see the class docstring for realtime vs lockstep)."""

@@ -39,13 +39,14 @@ class Cause(str, enum.Enum):
     LOOP_OVERRUN = "loop_overrun"            # D1: sustained control-loop deadline misses
     EE_OVERSPEED = "ee_overspeed"            # E9: measured TCP speed above the monitored limit
     HEARTBEAT_LOSS = "heartbeat_loss"        # D3: a watched thread stopped beating
+    SELF_CHECK = "self_check"                # A7: the startup probe failed or could not run
     LOG_FAILURE = "log_failure"              # D7: the event log cannot be written
     OPERATOR = "operator"                    # D4: Ctrl-C, SIGTERM, end of run
     EXCEPTION = "exception"                  # D4: unhandled exception in the runner
 
 
 PERSISTENT = {Cause.ESTOP, Cause.ESTOP_PERMISSIVE, Cause.BUS_LOST, Cause.SERVO_ALARM,
-              Cause.HEARTBEAT_LOSS, Cause.LOG_FAILURE}
+              Cause.HEARTBEAT_LOSS, Cause.LOG_FAILURE, Cause.SELF_CHECK}
 """Causes that block :meth:`Supervisor.reset` until their condition has cleared."""
 
 

@@ -38,7 +38,9 @@ class ServoSpec:
         lower, upper: joint limits in joint units, written to the servo's Min/Max Position
             Limit (EEPROM) at power-on; None keeps the factory limits (full turn).
         scale, offset: joint value = scale * servo angle (rad, 0 at tick 2048) + offset
-            (scale = 1, offset = 0 for a revolute joint; m/rad and m for a gripper).
+            (scale = 1, offset = 0 for a revolute joint; m/rad and m for a gripper). A negative
+            scale mounts the servo reversed: a hardware fault that the driver's configuration
+            does not know about (the startup self-check's scenario A7).
         urdf_joints: the URDF joints this servo moves (default: ``(joint,)``; both fingers for
             a gripper).
     """

@@ -190,11 +190,15 @@ def test_injected_fault_stops_with_logged_cause(tmp_path, fault, cause, within):
 
 def test_wrong_shape_actions_rejected_a2(tmp_path, robot):
     cfg = make_cfg(tmp_path, duration_s=0.8)
-    summary, tele, _ = load(deploy(cfg, robot, policy=lambda obs: np.zeros((4, 5))))
+    summary, tele, events = load(deploy(cfg, robot, policy=lambda obs: np.zeros((4, 5))))
     assert summary["stops"][0]["cause"] == "nonfinite_action" and "shape" in summary["stops"][0]["detail"]
     assert all(r["sent"] is None for r in tele)
-    # the servos only ever got the present pose: the driver's hold at torque enable, then Stop-1 holds
-    assert robot.goals and len({tuple(sorted(g.items())) for _, g in robot.goals}) == 1
+    assert summary["startup_probe"]["passed"]
+    # after the startup probe (A7) the servos only got the present pose: the driver's hold at
+    # torque enable, then Stop-1 holds
+    probed = next(e["t_mono"] for e in events if e["kind"] == "startup_probe")
+    after = [g for t, g in robot.goals if t > probed]
+    assert after and len({tuple(sorted(g.items())) for g in after}) == 1
 
 
 def test_teleport_target_is_step_clamped_a4(tmp_path):
@@ -209,11 +213,14 @@ def test_teleport_target_is_step_clamped_a4(tmp_path):
 def test_sigterm_runs_safe_shutdown_d4(tmp_path):
     cfg = make_cfg(tmp_path, duration_s=5.0)
     sine = ScriptedPolicy("sine", 4, cfg.chunk_dt, amplitude=0.25, freq_hz=0.5)
-    calls = []
+    start = []
 
-    def policy(obs):  # SIGTERM arrives from another thread once the arm has been moving a while
-        calls.append(1)
-        if len(calls) == 15:
+    def policy(obs):  # SIGTERM arrives from another thread once the policy has moved the arm a while
+        q = np.asarray(obs["q"], dtype=float)
+        if not start:
+            start.append(q)
+        if np.max(np.abs(q - start[0])) > 0.1 and len(start) == 1:  # beyond the startup probe's 0.05 rad
+            start.append(q)
             threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM)).start()
         return sine(obs)
 

@@ -331,3 +331,23 @@ def test_every_stop_logged_with_cause_and_chain_intact(rig):
     latches = [e for e in ev if e["kind"] == "transition" and e["data"]["to"] == "LATCHED"]
     assert [e["cause"] for e in latches] == ["estop", "stale_action"]
     assert verify_chain(rig.log.path, expected_head=rig.log.head_sha256).ok
+
+
+def test_wall_clock_jumps_do_not_disturb_the_loop_d2(rig, monkeypatch):
+    """D2: NTP steps the wall clock an hour back and forth between (and during) cycles; every
+    timeout (bus replies, e-stop heartbeat, watchdogs) runs on the monotonic clock, so the armed
+    arm keeps being commanded with no fault and no stop, and the event log still verifies."""
+    import time as time_module
+
+    real = time_module.time
+    jumps = iter([-3600.0, 3600.0] * 1000)
+    monkeypatch.setattr(time_module, "time", lambda: real() + next(jumps))
+    rig.arm_up()
+    q = np.array(rig.obs["position"])
+    for k in range(60):
+        rig.cycle(q + 0.002 * k * np.array([1.0, 0.0, 0.0]))
+    assert rig.sup.state is S.ARMED and not rig.sup.stops and not rig.sup.faults
+    assert rig.barrier() > 50
+    assert sum(rig.arm.bus.fault_counts().values()) == 0
+    rig.log.close()
+    assert verify_chain(rig.log.path).ok

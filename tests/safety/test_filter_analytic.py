@@ -355,3 +355,25 @@ def test_b8_broken_robot_model_refused() -> None:
     broken.broken = True
     with pytest.raises(FilterConfigError, match="non-finite"):
         SafetyFilter.from_spec(M.slider_spec(), broken, DT)
+
+
+def test_a5_nyquist_chatter_is_rate_limited_and_counted() -> None:
+    """A5: a nominal that flips sign every period at full speed (chatter at Nyquist). The
+    acceleration bound limits each period's change to a * dt, so the executed velocity stays in
+    a band of width a * dt around zero instead of resonating at +-2 rad/s; every period is a
+    correction that the intervention count sees."""
+    filt = slider_filter()
+    q, dq = np.array([0.0]), np.array([0.0])
+    outputs, interventions = [], 0
+    for k in range(200):
+        u, rep = filt.certify(FilterState(q, dq), Nominal.joint([2.0 if k % 2 == 0 else -2.0]))
+        assert rep.feasible and not rep.braked
+        assert abs(u[0] - dq[0]) <= 10.0 * DT + 1e-9  # |du| <= a * dt
+        interventions += rep.correction_norm > 1e-6
+        outputs.append(u[0])
+        q, dq = q + u * DT, u
+    assert max(abs(v) for v in outputs) <= 10.0 * DT + 1e-9  # never more than one period's change
+    # no growing oscillation: the mean velocity stays within half a period's change (the band's
+    # midpoint; which side it sits on depends on the chatter's first sign)
+    assert abs(np.mean(outputs)) <= 10.0 * DT / 2 + 1e-9
+    assert interventions == 200
