@@ -86,7 +86,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, prefix: st
             kwargs["choices"] = list(typing.get_args(hint))
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        kwargs["help"] = f"{kwargs['help']} (default: {default!r})".strip()
+        # argparse %-formats help strings: a literal "%" in a docstring ("within 20% of") must be escaped
+        kwargs["help"] = f"{kwargs['help']} (default: {default!r})".strip().replace("%", "%%")
         parser.add_argument(flag, **kwargs)
 
 

@@ -110,12 +110,23 @@ def _load_policy(cfg: DeployConfig, scene: Any, policy: Any) -> Callable[[Any], 
         raise ConfigError("deploy.checkpoint: a checkpoint needs the scene (spec hash and observation)")
     check_deploy_gate(cfg.checkpoint, scene.safety.sha256(), cfg.port, accept_unaudited=cfg.accept_unaudited)
     vla = load_policy(cfg.checkpoint, scene)
+    fn: Callable[[Any], Any] = vla.predict
+    screen_file = Path(cfg.checkpoint).parent / "safe_explore.safetensors"
+    if cfg.safe_explore == "on" or (cfg.safe_explore == "auto" and screen_file.is_file()):
+        from safetwin.train.safe_explore_io import ScreenedPolicy, load_safe_explore
+
+        # defence in depth: the learned critic screens each chunk (recovery policy when none
+        # passes), then the QP filter, then the supervisor
+        fn = ScreenedPolicy(vla, load_safe_explore(cfg.checkpoint, scene))
+        logger.info("safety critic and recovery policy loaded from %s", screen_file)
     # one inference before the policy thread starts: torch's and the language encoder's first call
     # can outlast the heartbeat timeout (D3) and would block arming
     size = cfg.camera_size or vla.cfg.image_size
-    vla.predict({"image": np.zeros((size, size, 3), np.uint8), "proprio": np.zeros(vla.cfg.proprio_dim, np.float32),
-                 "instruction": cfg.instruction})
-    return vla.predict
+    fn({"image": np.zeros((size, size, 3), np.uint8), "proprio": np.zeros(vla.cfg.proprio_dim, np.float32),
+        "instruction": cfg.instruction})
+    if hasattr(fn, "reset_counters"):
+        fn.reset_counters()  # the warm-up call is not a screened decision of the run
+    return fn
 
 
 def _check_startup(cfg: DeployConfig, arm: Any, spec: Any) -> None:

@@ -62,6 +62,10 @@ class DeployConfig:
         checkpoint: policy checkpoint (``.safetensors``); ``""`` runs ``scripted_policy`` instead.
         accept_unaudited: skip the audit gate for the checkpoint (virtual robot only, the gate
             refuses it on a real port).
+        safe_explore: the training run's safety critic and recovery policy
+            (``safe_explore.safetensors`` next to the checkpoint) screen each action chunk before
+            the QP filter: ``auto`` (when the file exists), ``on`` (required: refuse without it)
+            or ``off``.
         scripted_policy: ``sine`` (slow joint-space sine about the start pose) or ``hold``;
             used only without a checkpoint.
         scene: scene name or path (robot, safety spec).
@@ -114,6 +118,7 @@ class DeployConfig:
 
     checkpoint: str = ""
     accept_unaudited: bool = False
+    safe_explore: str = "auto"
     scripted_policy: str = "sine"
     scene: str = "reach_avoid"
     port: str = "sim"
@@ -161,6 +166,8 @@ class DeployConfig:
             raise ConfigError(f"deploy.chunk_dt_s: must be >= 0, got {self.chunk_dt_s!r}")
         if self.policy_deadline_s >= self.staleness_timeout_s:
             raise ConfigError("deploy.policy_deadline_s must be < staleness_timeout_s (hold before stop)")
+        if self.safe_explore not in ("auto", "on", "off"):
+            raise ConfigError(f"deploy.safe_explore: {self.safe_explore!r} not auto|on|off")
         if self.action_space not in ACTION_SPACES:
             raise ConfigError(f"deploy.action_space: {self.action_space!r} not in {list(ACTION_SPACES)}")
         if not self.checkpoint and self.scripted_policy not in ("sine", "hold"):

@@ -43,7 +43,8 @@ def build_summary(run: Any, status: str, energised: list[str]) -> dict[str, Any]
         "possibly_energised": energised,
         "policy": None if policy is None else {
             "chunks": loop.mailbox.published if loop else 0, "errors": policy.errors,
-            "last_error": policy.last_error, "latency_ms": stats_ms(policy.latencies_ms)},
+            "last_error": policy.last_error, "latency_ms": stats_ms(policy.latencies_ms),
+            "safe_explore": _screen_counters(run)},
         "telemetry_records": run.telemetry.records, "telemetry_error": run.telemetry.error,
         "telemetry_missing": run.seq - run.telemetry.records,  # F2: > 0 means a gap in the record
         "config_sha256": _sha(run.dir / "config.yaml"), "seed": cfg.seed,
@@ -88,3 +89,10 @@ def _describe(arm: Any) -> dict[str, Any] | None:
 
 def _sha(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
+
+
+def _screen_counters(run: Any) -> dict[str, int] | None:
+    """The safety critic's totals (decisions, rejections, recovery chunks, faults), or None without one."""
+    inner = getattr(getattr(run, "injector", None), "policy", None)
+    counters = getattr(inner, "counters", None)
+    return counters() if callable(counters) else None

@@ -30,6 +30,15 @@ def test_every_stage_is_listed_and_has_typed_options() -> None:
     assert cfg.episodes == 3 and cfg.filtered is True and cfg.scene == "tabletop_push"
 
 
+@pytest.mark.parametrize("stage", ["capture", "train", "audit", "deploy", "demo", "rollout", "verify-log"])
+def test_every_stage_help_renders(stage: str) -> None:
+    """argparse %-formats help text: a docstring with a literal percent sign must not crash --help."""
+    out = subprocess.run([sys.executable, "-m", "safetwin.cli.main", stage, "--help"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage: safetwin" in out.stdout
+
+
 def test_unknown_option_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["rollout", "--episodez", "3"])

@@ -105,6 +105,15 @@ class ScreenedPolicy:
     def __init__(self, policy: Any, screen: SafeExploreScreen) -> None:
         self.policy, self.screen = policy, screen
         self.last_info: Any = None
+        self.decisions = self.rejections = self.recoveries = self.faults = 0
+
+    def reset_counters(self) -> None:
+        self.decisions = self.rejections = self.recoveries = self.faults = 0
+
+    def counters(self) -> dict[str, int]:
+        """Totals for the deploy summary: decisions screened, proposals rejected, recovery chunks, faults."""
+        return {"decisions": self.decisions, "critic_rejections": self.rejections,
+                "recovery_chunks": self.recoveries, "screen_faults": self.faults}
 
     def __call__(self, obs: Mapping[str, Any]) -> Any:
         import numpy as np
@@ -123,6 +132,10 @@ class ScreenedPolicy:
 
         chunk, info = self.screen.screen(obs, propose)
         self.last_info = info
+        self.decisions += 1
+        self.rejections += info.rejections
+        self.recoveries += int(info.recovery)
+        self.faults += int(bool(info.fault))
         if info.fault:
             raise RuntimeError(f"safe-explore screen fault: {info.fault}")
         return chunk
