@@ -46,7 +46,9 @@ SERVOS = [ServoSpec(name, i + 1, "XM540-W270" if i < 5 else "XM430-W350", home_r
 AXES = np.array([[0, 0, 1], [0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]], dtype=float)
 OFFSETS = np.array([[0, 0, 0.08], [0, 0, 0.1], [0.3, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [0.07, 0, 0]])
 COUNTED = {"bus_drop": "read_failed", "nan_action": "action_rejected", "stale_action": "stale_action",
-           "policy_freeze": "deadline_miss"}
+           "policy_freeze": "deadline_miss", "camera_freeze": "deadline_miss", "camera_fail": "deadline_miss"}
+"""Faults that stop only after K consecutive observations by design: their trip is counted from
+the period the fault first shows, less the K - 1 periods the supervisor is configured to wait."""
 
 
 def _rot(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -106,7 +108,9 @@ MODEL = {"name": "scene"}
 def _run(root: Path, duration: float, fault: str | None = None) -> Path:
     cfg = config_from_dict(DeployConfig, {
         "run_dir": str(root), "action_space": "joint", "duration_s": duration, "policy_hz": 10.0,
-        "fault_script": [[0.6, fault]] if fault else [], "supervisor": {"hold_s": 0.1}}, "bench")
+        "fault_script": [[0.6, fault]] if fault else [], "supervisor": {"hold_s": 0.1},
+        # camera faults act on the twin-rendered camera, which the runner starts only when asked
+        **({"camera": "sim"} if fault and fault.startswith("camera_") else {})}, "bench")
     policy = ScriptedPolicy("sine", 4, cfg.chunk_dt, amplitude=0.3, freq_hz=0.3)
     if MODEL["name"] == "scene":  # the production path: scene, kinematics, pybullet-backed virtual arm
         return run_deploy(cfg, policy=policy)
@@ -176,7 +180,8 @@ def main() -> None:
     cfg = config_from_dict(DeployConfig, {}, "bench")
     k = cfg.supervisor
     allowed = {"bus_drop": k.bus_fault_limit - 1, "nan_action": k.nonfinite_limit - 1,
-               "policy_freeze": k.deadline_miss_limit - 1,
+               "policy_freeze": k.deadline_miss_limit - 1, "camera_freeze": k.deadline_miss_limit - 1,
+               "camera_fail": k.deadline_miss_limit - 1,
                "estop_stale": int(np.ceil(cfg.estop_stale_s * cfg.control_hz))}
     excess = [t["after_visible"] - allowed.get(kind, 0) for kind, t in trips.items() if t["after_visible"] is not None]
     result = {**nominal, "estop_trip_periods_max": max(excess) if excess else None,
