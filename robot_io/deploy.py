@@ -22,7 +22,6 @@ transition is fsynced before motion continues), ``summary.json``.
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import threading
 import time
@@ -33,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from safetwin.safety.events import EventLog
-from safetwin.safety.runio import ConfigError, JsonlWriter, atomic_write_json, new_run_dir, save_config
+from safetwin.safety.runio import ConfigError, atomic_write_json, new_run_dir, save_config
 
 from .deploy_camera import Observer, build_observer, gripper_opening, policy_image_size
 from .deploy_config import DeployConfig
-from .deploy_io import ArmStopActuator
+from .deploy_io import ArmStopActuator, TelemetryWriter
 from .deploy_loop import ControlLoop
 from .deploy_policy import (
     ChunkMailbox,
@@ -46,6 +45,7 @@ from .deploy_policy import (
     ScriptedPolicy,
     StateBoard,
 )
+from .deploy_probe import self_check
 from .deploy_sim import SimRig
 from .deploy_summary import build_summary
 from .supervisor import Cause, Supervisor, SupervisorState
@@ -53,34 +53,6 @@ from .supervisor import Cause, Supervisor, SupervisorState
 logger = logging.getLogger(__name__)
 
 __all__ = ["DeployConfig", "run_deploy"]
-
-
-class TelemetryWriter(threading.Thread):
-    """Drains telemetry records into ``telemetry.jsonl`` off the control thread; a write
-    failure is remembered and turned into a LOG_FAILURE stop by the loop (D7)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="telemetry", daemon=True)
-        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.writer = JsonlWriter(path)
-        self.records = 0
-        self.error: str | None = None
-
-    def run(self) -> None:
-        while (rec := self.queue.get()) is not None:
-            try:
-                self.writer.write(rec)
-                self.records += 1
-            except (OSError, TypeError, ValueError) as exc:
-                self.error = self.error or f"{type(exc).__name__}: {exc}"
-        try:
-            self.writer.close()
-        except OSError as exc:
-            self.error = self.error or f"{type(exc).__name__}: {exc}"
-
-    def finish(self) -> None:
-        self.queue.put(None)
-        self.join(timeout=10.0)
 
 
 def _load_scene(cfg: DeployConfig, spec: Any, robot_model: Any) -> tuple[Any, Any, Any]:
@@ -382,7 +354,7 @@ def _wait_and_arm(run: _Run, timeout_s: float = 2.0) -> None:
         logger.warning("auto-arm refused: %s", run.sup.summary()["persisting"])
         return
     if run.cfg.probe.enabled:
-        _self_check(run)
+        self_check(run)
         _wait_ready(run, timeout_s)  # the probe took seconds: start from a fresh state and chunk
 
 
@@ -409,55 +381,6 @@ def _wait_ready(run: _Run, timeout_s: float) -> None:
         if (run.monitor.permits_motion() and fresh) or time.monotonic() > end or run.abort:
             return
         time.sleep(0.01)
-
-
-def _self_check(run: _Run) -> None:
-    """The startup probe (A7) right after the first arm command, before the control loop runs;
-    a failure stops and latches SELF_CHECK for the run (reset and re-arming are refused) and
-    raises, so the run ends through the safe-shutdown path."""
-    from .startup_probe import ProbeError, run_startup_probe
-
-    spec, report = run.spec, None
-
-    def permits() -> bool:
-        return run.abort is None and run.monitor.permits_motion() and run.sup.may_command()
-
-    if not permits():
-        detail = "not run: the e-stop does not permit motion (release it and start again)"
-    else:
-        gravity = _gravity_model(run)
-        try:
-            report = run_startup_probe(run.arm, spec.joint_names, [j.lower for j in spec.joints],
-                                       [j.upper for j in spec.joints], run.cfg.probe,
-                                       None if gravity is None else gravity.torques, permits)
-        except ProbeError as exc:
-            detail = str(exc)
-        else:
-            detail = "; ".join(report.failures())
-        finally:
-            if gravity is not None:
-                gravity.close()
-    if run.abort:
-        logger.warning("startup probe interrupted by %s", run.abort)
-        return
-    run.probe = None if report is None else report.as_dict()
-    run.sup.record("startup_probe", **(run.probe or {"passed": False, "problems": [detail]}))
-    if report is None or not report.passed:
-        run.sup.trip(Cause.SELF_CHECK, detail)
-        raise ProbeError(f"refusing to arm: the startup self-check failed (A7): {detail}", report)
-    if report.unverified:
-        logger.warning("startup probe: joint direction not confirmed by gravity for %s", report.unverified)
-
-
-def _gravity_model(run: _Run) -> Any:
-    """The twin's gravity torques for the spec's joints, or None without a scene URDF."""
-    robot = getattr(run.scene, "robot", None)
-    if robot is None:
-        return None
-    from safetwin.twin.dynamics import GravityModel
-
-    fixed = {name: robot.gripper.open for name in robot.gripper.joints} if robot.gripper else {}
-    return GravityModel(robot.urdf, run.spec.joint_names, fixed)
 
 
 def _note_gripper(run: _Run, obs: dict[str, Any]) -> None:

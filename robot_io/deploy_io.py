@@ -2,6 +2,7 @@
 
 :class:`ArmStopActuator` lets the supervisor's stop stages drive a ``DynamixelArm`` (or any
 object with ``joint_names``, ``send_action(mapping)`` and ``disable_torque()``).
+:class:`TelemetryWriter` writes the runner's telemetry off the control thread.
 :func:`read_state` performs one Sync Read and turns every driver fault into the matching
 supervisor input (C1-C8, C12, C13), so the runner and the tests share one mapping.
 
@@ -11,9 +12,14 @@ Units: rad, rad/s; joint order is the driver's ``joint_names``.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from safetwin.safety.runio import JsonlWriter
 
 from .serial_bus import (
     CommError,
@@ -104,3 +110,31 @@ def report_write_error(exc: BaseException, sup: Supervisor) -> None:
         sup.report_bus(False, f"write {_fault_kind(exc)}: {exc}")
     else:
         sup.report_action(False, f"goal write rejected: {_fault_kind(exc)}: {exc}")
+
+
+class TelemetryWriter(threading.Thread):
+    """Drains telemetry records into ``telemetry.jsonl`` off the control thread; a write
+    failure is remembered and turned into a LOG_FAILURE stop by the loop (D7)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="telemetry", daemon=True)
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.writer = JsonlWriter(path)
+        self.records = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        while (rec := self.queue.get()) is not None:
+            try:
+                self.writer.write(rec)
+                self.records += 1
+            except (OSError, TypeError, ValueError) as exc:
+                self.error = self.error or f"{type(exc).__name__}: {exc}"
+        try:
+            self.writer.close()
+        except OSError as exc:
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join(timeout=10.0)
