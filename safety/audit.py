@@ -237,15 +237,33 @@ def _deploy_part(files: RunFiles, cfg: AuditConfig, spec: SafetySpec) -> tuple[d
                         len(unlogged), "<=", 0, "stops", "SAFETY_SCENARIOS F1",
                         f"{len(stops)} stop(s); not in events.jsonl: "
                         f"{[(s['cause'], s['t_mono']) for s in unlogged] or 'none'}", ("F1",)))
+    reqs.append(_self_check_requirement(summary.get("startup_probe")))
     corrections = tm.pop("filter_corrections") if tm else []
     metrics = {"telemetry": tm, "joints": joints, "comm_faults": summary.get("comm_faults", "not recorded"),
                "loop": summary.get("loop", "not recorded"), "stops": len(stops), "event_chain": chain,
                "policy_latency_ms": (summary.get("policy") or {}).get("latency_ms", "not recorded"),
+               "startup_probe": summary.get("startup_probe", "not recorded"),
+               "safe_explore": (summary.get("policy") or {}).get("safe_explore") or "not used",
                "_stops": stops}
     findings = _deploy_findings(tm, reqs)
     series = {"corrections": corrections, "periods": [r.get("period_ms") for r in records],
               "t_mono": [r.get("t_mono") for r in records]}
     return metrics, reqs, series, findings
+
+
+def _self_check_requirement(probe: Any) -> Requirement:
+    """A7: the startup self-check ran and passed before the policy got control; a run without
+    one (probe disabled, or a runner that predates it) fails, so a reviewer sees it was skipped."""
+    if not isinstance(probe, Mapping):
+        return check("DR-SELFCHECK", "startup self-check passed before motion", False, "not run",
+                     "SAFETY_SCENARIOS A7", "summary.json has no startup_probe record (disabled or not run)",
+                     ("A7",))
+    unverified = probe.get("unverified") or []
+    detail = "; ".join(probe.get("problems") or []) or (
+        f"passed in {probe.get('duration_s', float('nan')):.2f} s; direction not confirmed by gravity "
+        f"for {unverified or 'no joint'}")
+    return check("DR-SELFCHECK", "startup self-check passed before motion", bool(probe.get("passed")),
+                 "passed" if probe.get("passed") else "failed", "SAFETY_SCENARIOS A7", detail, ("A7",))
 
 
 def _add_unwritten_gap(tm: dict[str, Any], summary: Mapping[str, Any]) -> None:

@@ -381,3 +381,21 @@ def test_f3_scenario_ids_in_names_and_docstrings() -> None:
     assert ids_in_name("test_d8_unknown") == set()  # section D has D1..D7
     assert ids_in_text("Covers C1-C3 and C10..C11, E9.") == {"C1", "C2", "C3", "C10", "C11", "E9"}
     assert ids_in_text("software measures verified by tests A1-F3") == set()
+
+
+@pytest.mark.parametrize("probe", [None, {"passed": False, "problems": ["elbow: holding: gravity model -1.75 N*m "
+                                                                        "but current +0.533 A"], "unverified": []}])
+def test_a7_deploy_without_a_passing_self_check_fails(tmp_path: Path, probe) -> None:
+    """A7: a deploy run whose startup self-check failed, or never ran, fails DR-SELFCHECK."""
+    run = copy_run(tmp_path, "deploy_run")
+    assert "DR-SELFCHECK" not in failing(build_report(run, CFG, write=False))
+    summary = json.loads((run / "summary.json").read_text())
+    if probe is None:
+        del summary["startup_probe"]
+    else:
+        summary["startup_probe"] = probe
+    (run / "summary.json").write_text(json.dumps(summary))
+    report = build_report(run, CFG, write=False)
+    assert failing(report) == {"DR-SELFCHECK"}
+    req = next(r for r in report.requirements if r.id == "DR-SELFCHECK")
+    assert ("elbow" in req.evidence) if probe else ("not run" in str(req.measured))
