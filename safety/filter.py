@@ -136,7 +136,8 @@ class SafetyFilter:
         self.n = len(spec.joints)
         self.solver: QPSolver = solver if solver is not None else DaqpSolver()
         self.limits = rows.Limits.from_spec(spec)
-        self._joint_terms = rows.JointTerms.make(self.limits, self.dt)
+        self._joint_terms = rows.JointTerms.make(self.limits, self.dt, spec.filter.position_noise_rad,
+                                                 spec.filter.state_delay_s)
         self.moving = setup.moving_spheres
         self.lipschitz = setup.lipschitz
         self.points = ("ee",) + tuple(robot_model.sphere_names[i] for i in self.moving)
@@ -231,7 +232,9 @@ class SafetyFilter:
             jac = np.concatenate([jac6[None, :3], np.asarray(sjac, float)[self.moving]])
         A, c, free, reason = self._objective(nominal, value, jac6)
         lb, ub, lows, highs = rows.joint_bounds(self._joint_terms, q, dq)
-        margin = rows.fk_margin(self.lipschitz, lb, ub, self.dt)
+        # the sampled-data margin, plus (B9) the state uncertainty scaled like it: gamma * margin
+        margin = rows.fk_margin(self.lipschitz, lb, ub, self.dt) + \
+            self.limits.gamma * rows.state_margin(jac, self._joint_terms.unseen_motion(dq))
         G, b, h = rows.cartesian_rows(self.limits, obs, p, r, jac, jac6[:3], self.dt, margin, dq)
         e = len(self.limits.ee_normals)
         joint_h = np.minimum(q - self.limits.lower, self.limits.upper - q)

@@ -55,6 +55,8 @@ def _check_spec(spec: SafetySpec) -> None:
     _positive(f.slack_tolerance, "safety.filter.slack_tolerance")
     _positive(f.time_budget_s, "safety.filter.time_budget_s")
     _positive(f.regularization, "safety.filter.regularization")
+    _positive(f.position_noise_rad, "safety.filter.position_noise_rad", allow_zero=True)
+    _positive(f.state_delay_s, "safety.filter.state_delay_s", allow_zero=True)
     _positive(spec.ee_speed_max, "safety.ee_speed_max")
     if not spec.joints:
         raise FilterConfigError("safety.joint_limits: at least one joint is required")

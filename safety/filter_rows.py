@@ -133,13 +133,25 @@ class JointTerms:
     adt2: np.ndarray
     a2: np.ndarray
     h_star2: np.ndarray
+    unseen_static: np.ndarray | None = None
+    """``position_noise + a_max delay^2 / 2`` (n,) rad, or None without state uncertainty (B9)."""
+    delay: float = 0.0
 
     @classmethod
-    def make(cls, lim: Limits, dt: float) -> JointTerms:
+    def make(cls, lim: Limits, dt: float, position_noise: float = 0.0, delay: float = 0.0) -> JointTerms:
         lam = lim.gamma / dt
         a = lim.acceleration
+        unseen = position_noise + 0.5 * a * delay * delay if (position_noise > 0.0 or delay > 0.0) else None
         return cls(lam=lam, lower=lim.lower, upper=lim.upper, velocity=lim.velocity, adt=a * dt,
-                   adt2=np.tile(a * dt, 2), a2=np.tile(a, 2), h_star2=np.tile(a / (lam * lam), 2))
+                   adt2=np.tile(a * dt, 2), a2=np.tile(a, 2), h_star2=np.tile(a / (lam * lam), 2),
+                   unseen_static=unseen, delay=float(delay))
+
+    def unseen_motion(self, dq: np.ndarray) -> np.ndarray | None:
+        """How far (rad) each joint may be from its measured position when the command acts:
+        ``position_noise + |dq| delay + a_max delay^2 / 2`` (B9), or None when both are zero."""
+        if self.unseen_static is None:
+            return None
+        return self.unseen_static + np.abs(dq) * self.delay
 
 
 def joint_bounds(t: JointTerms, q: np.ndarray, dq: np.ndarray
@@ -155,10 +167,14 @@ def joint_bounds(t: JointTerms, q: np.ndarray, dq: np.ndarray
     ``u^2 + 2 a dt u <= 2 a (h - h_star / 2)``, i.e.
     ``u <= -a dt + sqrt(a^2 dt^2 + 2 a (h - h_star / 2))`` for ``h = upper - q`` (mirrored at
     ``lower``). Outside the range (``h < 0``, scenario B6) the joint must move back, the return
-    speed ramping up by at most ``a dt`` per step (never deeper). Units: rad, rad/s, rad/s^2.
+    speed ramping up by at most ``a dt`` per step (never deeper). With state uncertainty (B9)
+    ``h`` is first reduced by :meth:`JointTerms.unseen_motion`. Units: rad, rad/s, rad/s^2.
     """
     n = q.shape[0]
     h = np.concatenate([t.upper - q, q - t.lower])  # (2n,): upper then lower clearance
+    unseen = t.unseen_motion(dq)
+    if unseen is not None:  # B9: the clearance the joint may already have used unseen
+        h -= np.concatenate([unseen, unseen])
     pos = t.lam * h
     if h.min() < 0.0:  # B6 recovery ramp; outward speed sign-folded like h
         out_speed = np.concatenate([np.minimum(dq, 0.0), -np.maximum(dq, 0.0)]) - t.adt2
@@ -177,6 +193,15 @@ def fk_margin(lipschitz: float, lb: np.ndarray, ub: np.ndarray, dt: float) -> fl
     """Bound (m) on the one-step linearisation error of any point for ``lb <= u <= ub``."""
     reach = float(np.sum(np.maximum(np.abs(lb), np.abs(ub)))) * dt
     return 0.5 * lipschitz * reach * reach
+
+
+def state_margin(jac: np.ndarray, unseen: np.ndarray | None) -> float:
+    """Bound (m) on how far any point may be from where the measured state puts it (B9):
+    ``max_p sum_j |J_p[:, j]| unseen_j`` for point Jacobians ``jac`` (P, 3, n); 0 without
+    state uncertainty. First order in ``unseen`` (a few mrad), like the Jacobian it uses."""
+    if unseen is None:
+        return 0.0
+    return float((np.sqrt(np.einsum("pcn,pcn->pn", jac, jac)) @ unseen).max(initial=0.0))
 
 
 def row_names(lim: Limits, points: Sequence[str], obstacles: Sequence[str]) -> tuple[str, ...]:

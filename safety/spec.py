@@ -178,6 +178,12 @@ class FilterParams:
     slack_tolerance: largest slack accepted before the solve counts as failed.
     time_budget_s: a solve slower than this is treated as failed (s).
     regularization: weight of the joint-space term when the nominal is a task-space twist.
+    position_noise_rad: bound on the joint position measurement error (rad): encoder
+        quantisation and noise (half a tick of a 4096-tick encoder is 0.00077 rad).
+    state_delay_s: age of the measured state when the command takes effect (s): bus read,
+        computation and write (scenario B9). With the noise bound it tightens every barrier by
+        what the joint may have moved unseen: ``position_noise_rad + |dq| delay + a_max delay^2 / 2``
+        per joint, and by that motion mapped through the point Jacobians for the Cartesian ones.
     """
 
     gamma: float = 0.3
@@ -185,6 +191,8 @@ class FilterParams:
     slack_tolerance: float = 1e-6
     time_budget_s: float = 0.002
     regularization: float = 1e-3
+    position_noise_rad: float = 0.0
+    state_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,8 @@ def _parse_filter(f: Fields) -> FilterParams:
         slack_tolerance=f.number("slack_tolerance", FilterParams.slack_tolerance, gt=0.0),
         time_budget_s=f.number("time_budget_s", FilterParams.time_budget_s, gt=0.0),
         regularization=f.number("regularization", FilterParams.regularization, gt=0.0),
+        position_noise_rad=f.number("position_noise_rad", FilterParams.position_noise_rad, ge=0.0),
+        state_delay_s=f.number("state_delay_s", FilterParams.state_delay_s, ge=0.0),
     )
     f.done()
     return params

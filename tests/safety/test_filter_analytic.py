@@ -15,6 +15,7 @@ import filter_models as M  # tests/safety is on pytest's pythonpath
 import numpy as np
 import pytest
 
+from safetwin.safety import filter_rows as rows
 from safetwin.safety.filter import FilterConfigError, FilterState, Nominal, SafetyFilter, spec_with_filter
 from safetwin.safety.qp import DaqpSolver, QPResult
 from safetwin.safety.spec import Box, JointLimit, Obstacle
@@ -377,3 +378,52 @@ def test_a5_nyquist_chatter_is_rate_limited_and_counted() -> None:
     # midpoint; which side it sits on depends on the chatter's first sign)
     assert abs(np.mean(outputs)) <= 10.0 * DT / 2 + 1e-9
     assert interventions == 200
+
+
+def _delayed_noisy_run(noise: float, delay: float, eps: float = 0.002, steps: int = 400) -> tuple[float, int]:
+    """The slider driven at full speed into its upper limit (0.5 rad) and back, as on a real bus:
+    the filter sees the position with a bounded measurement error of up to ``eps`` and its command
+    acts one period late (the in-flight command moves the joint meanwhile). Returns the largest
+    TRUE position and the number of periods the true state violated the limit (counted, not
+    clipped)."""
+    filt = SafetyFilter.from_spec(M.slider_spec(hi=0.5, position_noise_rad=noise, state_delay_s=delay),
+                                  M.Slider(), DT, jacobian_lipschitz=0.0)
+    rng = np.random.default_rng(0)
+    q, v, worst, violations = -0.5, 0.0, -math.inf, 0
+    for k in range(steps):
+        measured = np.array([q + rng.uniform(-eps, eps)])
+        u, _ = filt.certify(FilterState(measured, np.array([v])), Nominal.joint([2.0 if k < 300 else -2.0]))
+        q, v = q + v * DT, float(u[0])  # this period runs the command sent one period ago
+        worst, violations = max(worst, q), violations + (q > 0.5)
+    return worst, violations
+
+
+def test_b9_state_noise_and_delay_margins_keep_the_true_state_safe(caplog) -> None:
+    """B9: with 2 mm of measurement error and one period of delay, a filter that trusts the
+    measured state lets the true joint overshoot its limit (the violations are counted); with
+    the spec's margins set to those measured levels the true trajectory keeps h >= 0."""
+    worst, violations = _delayed_noisy_run(noise=0.0, delay=0.0)
+    assert violations > 0 and worst > 0.5 + 1e-3  # the scenario is real without margins
+    worst, violations = _delayed_noisy_run(noise=0.002, delay=DT)
+    assert violations == 0 and worst <= 0.5
+
+
+def test_b9_margins_tighten_joint_and_cartesian_rows_by_the_unseen_motion() -> None:
+    """The joint bound shrinks by exactly the unseen motion noise + |dq| delay + a delay^2 / 2, and
+    a Cartesian row's right-hand side by the same motion mapped through the point Jacobian."""
+    q, dq = np.array([0.3]), np.array([1.0])
+    plain = slider_filter(hi=0.5)
+    tight = SafetyFilter.from_spec(M.slider_spec(hi=0.5, position_noise_rad=0.001, state_delay_s=0.02),
+                                   M.Slider(), DT, jacobian_lipschitz=0.0)
+    a_plain, a_tight = plain.build(FilterState(q, dq), Nominal.joint([0.0])), \
+        tight.build(FilterState(q, dq), Nominal.joint([0.0]))
+    unseen = 0.001 + 1.0 * 0.02 + 0.5 * 10.0 * 0.02**2
+    lam = 0.5 / DT
+    assert a_plain.highs[2, 0] - a_tight.highs[2, 0] == pytest.approx(lam * unseen)  # position barrier row
+    # Cartesian rows: the motion mapped through each point's Jacobian column norms, the worst point
+    jac = np.array([[[1.0], [0.0], [0.0]], [[0.0], [2.0], [0.0]]])  # (P=2, 3, n=1)
+    assert rows.state_margin(jac, np.array([unseen])) == pytest.approx(2.0 * unseen)
+    assert rows.state_margin(jac, None) == 0.0
+    assert np.all(a_tight.qp.b <= a_plain.qp.b + 1e-12) and np.any(a_tight.qp.b < a_plain.qp.b - 1e-9)
+    with pytest.raises(FilterConfigError, match="state_delay_s"):
+        SafetyFilter.from_spec(M.slider_spec(state_delay_s=-0.01), M.Slider(), DT)
