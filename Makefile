@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
 .PHONY: setup sysdeps testdeps test test-all demo capture train audit deploy bench bench-env bench-filter \
-        bench-bus bench-loop bench-train bench-capture bench-safe-explore lint clean
+        bench-bus bench-loop bench-train bench-capture bench-safe-explore bench-soak lint clean
 
 setup: $(STAMP)
 
@@ -72,7 +72,7 @@ deploy: setup
 demo: setup
 	$(VENV)/bin/safetwin demo --scene $(SCENE) $(ARGS)
 
-bench: bench-env bench-filter bench-bus bench-loop bench-capture bench-train bench-safe-explore
+bench: bench-env bench-filter bench-bus bench-loop bench-capture bench-train bench-safe-explore bench-soak
 
 bench-env: setup
 	$(PY) benchmarks/bench_env.py
@@ -94,6 +94,9 @@ bench-train: setup
 
 bench-safe-explore: setup
 	$(PY) benchmarks/bench_safe_explore.py
+
+bench-soak: setup  ## D6 soak of the deploy stack; ARGS="--minutes 480" for the 8 h run
+	$(PY) benchmarks/bench_soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,7 +9,8 @@ supervisor's gate allows, starting from the measured pose after every (re)arm (A
 When there is no usable action the loop holds: nothing is written and the servos keep their
 last goal (hold-last-safe); the supervisor counts the misses (A9) and stops on stale input (A6).
 Telemetry ``q``, ``dq``, ``sent`` hold the controlled joints in the safety spec's order; bus joints
-outside the spec (the gripper) are held at their pose and reported in ``q_held``.
+outside the spec (the gripper) are held at their pose and reported in ``q_held``; ``temperature``
+(degC) lists every bus joint's servo temperature (thermal state for soak runs, D6).
 Units: rad, rad/s, m, s (monotonic clock).
 """
 
@@ -98,8 +99,9 @@ class ControlLoop:
         for f in faults:
             self.counts[f.split(":")[0]] += 1
         held = None if q is None or not len(self.extra) else q_all[self.extra].tolist()
+        temps = None if obs is None or "temperature" not in obs else np.asarray(obs["temperature"]).tolist()
         rec.update({"q": None if q is None else q.tolist(), "dq": None if dq is None else dq.tolist(),
-                    "q_held": held,
+                    "q_held": held, "temperature": temps,
                     "faults": faults, "state": self.sup.state.value,
                     "bus_read_ms": self.bus_read_ms, "bus_write_ms": self.bus_write_ms, "ee_speed": ee_speed,
                     "stop_cmd": self.actuator.commands > stop_before})
