@@ -49,6 +49,7 @@ from .deploy_probe import self_check
 from .deploy_sim import SimRig
 from .deploy_summary import build_summary
 from .supervisor import Cause, Supervisor, SupervisorState
+from .timing_stats import MsHistogram
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +161,8 @@ class _Run:
         self.injector: InjectingPolicy | None = None
         self.abort: str | None = None
         self.error: str | None = None
-        self.periods_ms: list[float] = []
-        self.cycle_ms: list[float] = []
-        self.bus_ms: list[float] = []
+        self.periods_ms = MsHistogram()  # constant memory over long runs (D6)
+        self.cycle_ms = MsHistogram()
         self.misses = 0
         self.injected: list[dict[str, Any]] = []
         self.probe: dict[str, Any] | None = None
@@ -224,11 +224,11 @@ def _fire_scripts(run: _Run, t_rel: float, pending: list[list[Any]]) -> list[str
 def _cycle(run: _Run, now: float, period_ms: float, fired: list[str]) -> None:
     t0 = time.monotonic()
     rec = run.loop.step(now)
-    run.cycle_ms.append((time.monotonic() - t0) * 1e3)
+    run.cycle_ms.add((time.monotonic() - t0) * 1e3)
     if run.telemetry.error and Cause.LOG_FAILURE not in run.sup.active:
         run.sup.trip(Cause.LOG_FAILURE, f"telemetry writer failed: {run.telemetry.error}")
     rec.update({"seq": run.seq, "t_mono": now, "period_ms": period_ms, "injected": fired,
-                "cycle_ms": run.cycle_ms[-1]})
+                "cycle_ms": run.cycle_ms.last})
     run.telemetry.queue.put(rec)
     run.seq += 1
 
@@ -248,7 +248,7 @@ def _control(run: _Run, steps: int, until: Callable[[], bool] | None = None) -> 
         now = time.monotonic()
         period_ms = cfg.dt * 1e3 if prev is None else (now - prev) * 1e3
         prev = now
-        run.periods_ms.append(period_ms)
+        run.periods_ms.add(period_ms)
         _cycle(run, now, period_ms, _fire_scripts(run, now - start, pending))
         missed = time.monotonic() > next_t + cfg.dt
         run.misses += missed

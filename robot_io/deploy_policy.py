@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .timing_stats import MsHistogram
+
 logger = logging.getLogger(__name__)
 
 PolicyFn = Callable[[Mapping[str, Any]], Any]
@@ -95,7 +97,7 @@ class PolicyThread(threading.Thread):
         self.policy, self.period, self.board, self.mailbox = policy, 1.0 / hz, board, mailbox
         self.heartbeat, self.observe, self.clock = heartbeat, observe, clock
         self._stop_evt = threading.Event()
-        self.latencies_ms: list[float] = []
+        self.latencies_ms = MsHistogram()  # constant memory over long runs (D6)
         self.errors = 0
         self.last_error = ""
         self._seq = 0
@@ -126,7 +128,7 @@ class PolicyThread(threading.Thread):
             logger.error("policy inference failed: %s", self.last_error)
             return
         t1 = self.clock()
-        self.latencies_ms.append((t1 - t0) * 1e3)
+        self.latencies_ms.add((t1 - t0) * 1e3)
         self._seq += 1
         t_obs = state["t_mono"]
         if obs.get("t_image") is not None:  # a chunk is as old as the oldest input it saw (A6)

@@ -6,18 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from safetwin.safety.runio import sha256_file
-
-
-def stats_ms(values: list[float]) -> dict[str, float | None]:
-    """p50 / p99 / max / mean of a list of milliseconds (None when empty)."""
-    if not values:
-        return {"p50": None, "p99": None, "max": None, "mean": None, "n": 0}
-    arr = np.asarray(values, dtype=float)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)),
-            "max": float(arr.max()), "mean": float(arr.mean()), "n": int(arr.size)}
 
 
 def build_summary(run: Any, status: str, energised: list[str]) -> dict[str, Any]:
@@ -29,7 +18,7 @@ def build_summary(run: Any, status: str, energised: list[str]) -> dict[str, Any]
     out: dict[str, Any] = {
         "status": status, "error": run.error, "abort_signal": run.abort, "cycles": n,
         "control_hz": cfg.control_hz, "policy_hz": cfg.policy_hz,
-        "loop": {"period_ms": stats_ms(run.periods_ms), "cycle_ms": stats_ms(run.cycle_ms),
+        "loop": {"period_ms": run.periods_ms.stats(), "cycle_ms": run.cycle_ms.stats(),
                  "deadline_misses": run.misses, "deadline_miss_rate": run.misses / n if n else None},
         "stops": sup.summary()["stops"] if sup else [],
         "supervisor": ({k: v for k, v in sup.summary().items() if k != "stops"} if sup else None),
@@ -43,7 +32,7 @@ def build_summary(run: Any, status: str, energised: list[str]) -> dict[str, Any]
         "possibly_energised": energised,
         "policy": None if policy is None else {
             "chunks": loop.mailbox.published if loop else 0, "errors": policy.errors,
-            "last_error": policy.last_error, "latency_ms": stats_ms(policy.latencies_ms),
+            "last_error": policy.last_error, "latency_ms": policy.latencies_ms.stats(),
             "safe_explore": _screen_counters(run)},
         "telemetry_records": run.telemetry.records, "telemetry_error": run.telemetry.error,
         "telemetry_missing": run.seq - run.telemetry.records,  # F2: > 0 means a gap in the record
