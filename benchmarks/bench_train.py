@@ -69,7 +69,8 @@ def sb3_samples_per_s(scene: str, num_envs: int, steps: int, seed: int) -> float
 
 def bench_scene(scene: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     common = dict(scene=scene, run_root=str(root), seed=args.seed, total_steps=args.steps, num_envs=args.num_envs,
-                  demo_episodes=args.demos, bc_epochs=args.bc_epochs, progress=not args.quiet)
+                  demo_episodes=args.demos, bc_epochs=args.bc_epochs, progress=not args.quiet,
+                  wrist_camera=scene in args.wrist_camera, bc_loss=args.bc_loss)
     rl_dir = run_train(TrainConfig(**common, run_id=f"{scene}-ppolag", lagrange="adam"))
     bc_ckpt = rl_dir / "checkpoints" / "bc.safetensors"
     ppo_dir = run_train(TrainConfig(**common, run_id=f"{scene}-ppo", lagrange="none", pretrained=str(bc_ckpt)))
@@ -98,6 +99,9 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=30, help="expert demo episodes for BC")
     parser.add_argument("--bc-epochs", type=int, default=30)
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per policy")
+    parser.add_argument("--wrist-camera", nargs="*", default=[], metavar="SCENE",
+                        help="scenes whose policy also sees the wrist camera (e.g. tabletop_push)")
+    parser.add_argument("--bc-loss", choices=("mse", "l1"), default="mse", help="BC loss on the action chunk")
     parser.add_argument("--sb3-steps", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")

@@ -7,6 +7,7 @@ from typing import Any
 
 from safetwin.safety.runio import ConfigError
 
+from .bc import LOSSES
 from .safe_explore_config import SafeExploreConfig
 
 
@@ -24,6 +25,8 @@ class TrainConfig:
     pretrained: policy checkpoint to start from (skips demos and BC); empty: do BC first.
     policy: "compact" (fine-tune the whole VLA) or "residual" (frozen BC base + bounded residual).
     chunk_len: k, actions per decision.
+    wrist_camera: also record and feed the scene's wrist camera (``wrist_image``) to the policy; it
+        shows the pushed object close up, where the 64 px front view gives it a few pixels.
     demo_episodes: scripted-expert episodes recorded for BC.
     demo_noise: std of the Gaussian noise added to the expert's executed motion while recording
         (normalised action units; the clean action is the label; 0: clean demos).
@@ -31,6 +34,7 @@ class TrainConfig:
     bc_epochs: passes over the demo dataset.
     bc_batch_size: BC minibatch size (decisions).
     bc_lr: BC Adam learning rate.
+    bc_loss: per-component BC loss on the action chunk, ``"mse"`` or ``"l1"``.
     total_steps: PPO budget in env steps (0: BC only).
     finetune_log_std: log std (pre-tanh) the compact policy starts PPO with, in [-5, 0]; small
         values keep exploration, and so the cost of exploring, near the safe BC policy.
@@ -70,12 +74,14 @@ class TrainConfig:
     pretrained: str = ""
     policy: str = "compact"
     chunk_len: int = 4
+    wrist_camera: bool = False
     demo_episodes: int = 30
     demo_noise: float = 0.05
     bc_shift: int = 4
     bc_epochs: int = 30
     bc_batch_size: int = 64
     bc_lr: float = 1e-3
+    bc_loss: str = "mse"
     total_steps: int = 20000
     finetune_log_std: float = -3.0
     num_envs: int = 4
@@ -103,7 +109,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {"policy": ("compact", "residual"), "vector": ("sync", "async"),
-                   "lagrange": ("adam", "pid", "none")}
+                   "lagrange": ("adam", "pid", "none"), "bc_loss": tuple(LOSSES)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
@@ -134,7 +140,10 @@ class TrainConfig:
 
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``gymnasium.make(env_id, ...)``."""
-        return {"scene": self.scene, "randomize": self.domain_randomization}
+        kwargs: dict[str, Any] = {"scene": self.scene, "randomize": self.domain_randomization}
+        if self.wrist_camera:
+            kwargs["wrist_camera"] = True
+        return kwargs
 
     def lagrange_kwargs(self) -> dict[str, Any]:
         if self.lagrange == "adam":

@@ -8,6 +8,7 @@ Format of a dataset folder::
                               "action_dim", "domain_randomization"}
     episode_00000.npz      one file per episode (numpy savez, no pickled objects):
         image       uint8   (T, 64, 64, 3)  front camera, before each action
+        wrist_image uint8   (T, 64, 64, 3)  wrist camera (only when the env renders one)
         proprio     float32 (T, P)          proprio before each action
         privileged  float32 (T, D)          privileged twin state before each action
         actions     float32 (T, 7)          the expert's actions (EE deltas, base frame, [-1, 1])
@@ -70,11 +71,14 @@ def _episode(env: gym.Env, seed: int, rng: np.random.Generator, paraphrased: boo
              noise: float = 0.0) -> dict[str, Any]:
     obs, info = env.reset(seed=seed)
     instruction = paraphrase(str(obs["instruction"]), rng) if paraphrased else str(obs["instruction"])
-    rec: dict[str, list[Any]] = {k: [] for k in ("image", "proprio", "privileged", "actions", "rewards", "costs")}
+    keys = ("image", "wrist_image", "proprio", "privileged", "actions", "rewards", "costs")
+    rec: dict[str, list[Any]] = {k: [] for k in keys if k != "wrist_image" or k in obs}
     done = False
     while not done:
         action = np.asarray(env.unwrapped.expert_action(), dtype=np.float32)
-        rec["image"].append(obs["image"])
+        for key in ("image", "wrist_image"):
+            if key in rec:
+                rec[key].append(obs[key])
         rec["proprio"].append(obs["proprio"])
         rec["privileged"].append(np.asarray(info["privileged"], dtype=np.float32))
         executed = action.copy()
@@ -85,7 +89,7 @@ def _episode(env: gym.Env, seed: int, rng: np.random.Generator, paraphrased: boo
         rec["rewards"].append(reward)
         rec["costs"].append(info["cost"])
         done = terminated or truncated
-    out = {k: np.asarray(v, dtype=np.uint8 if k == "image" else np.float32) for k, v in rec.items()}
+    out = {k: np.asarray(v, dtype=np.uint8 if k.endswith("image") else np.float32) for k, v in rec.items()}
     out["instruction"] = np.asarray(instruction)
     out["_success"] = bool(info.get("is_success", False))
     return out

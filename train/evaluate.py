@@ -137,6 +137,8 @@ def evaluate(checkpoint: str | os.PathLike[str], scene: Any, episodes: int = 100
     checkpoint = Path(checkpoint)
     scene = _scene(scene)
     policy = load_policy(checkpoint, scene=scene)
+    if policy.cfg.use_wrist:  # the policy reads obs["wrist_image"]: the twin must render it
+        env_kwargs = {"wrist_camera": True, **(env_kwargs or {})}
     out = Path(out_dir) if out_dir is not None else checkpoint.resolve().parents[1] / "eval"
     modes = ["raw", "filtered"] if filtered else ["raw"]
     records: list[dict[str, Any]] = []

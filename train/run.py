@@ -73,9 +73,10 @@ def pretrain(cfg: TrainConfig, run_dir: Path, info: dict[str, Any]) -> VLAPolicy
     proprio_dim, priv_dim = _probe_dims(cfg)
     demos_dir = record_demos(cfg.env_id, cfg.env_kwargs(), cfg.demo_episodes, cfg.seed + 1_000_000,
                              run_dir / "demos", progress=cfg.progress, noise=cfg.demo_noise)
-    policy = CompactVLA(PolicyConfig(proprio_dim=proprio_dim, privileged_dim=priv_dim, chunk_len=cfg.chunk_len))
+    policy = CompactVLA(PolicyConfig(proprio_dim=proprio_dim, privileged_dim=priv_dim, chunk_len=cfg.chunk_len,
+                                     use_wrist=cfg.wrist_camera))
     losses = train_bc(policy, load_demos(demos_dir), cfg.bc_epochs, cfg.bc_batch_size, cfg.bc_lr,
-                      cfg.seed, progress=cfg.progress, shift=cfg.bc_shift)
+                      cfg.seed, progress=cfg.progress, shift=cfg.bc_shift, loss=cfg.bc_loss)
     save_policy(run_dir / "checkpoints" / "bc.safetensors", policy, safety_spec_sha256=info["safety_spec_sha256"],
                 scene={"name": info["name"], "path": info["path"]}, step=0, lam=0.0,
                 config=config_to_dict(cfg), extra={"bc_losses": losses}, safety_spec=info["safety_spec"])
