@@ -83,6 +83,9 @@ def _load_policy(cfg: DeployConfig, scene: Any, policy: Any) -> Callable[[Any], 
         raise ConfigError("deploy.checkpoint: a checkpoint needs the scene (spec hash and observation)")
     check_deploy_gate(cfg.checkpoint, scene.safety.sha256(), cfg.port, accept_unaudited=cfg.accept_unaudited)
     vla = load_policy(cfg.checkpoint, scene)
+    if getattr(vla.cfg, "use_wrist", False):
+        raise ConfigError(f"deploy.checkpoint: {cfg.checkpoint} was trained with the wrist camera; the deploy "
+                          "runner feeds the front camera only (train with wrist_camera false to deploy)")
     fn: Callable[[Any], Any] = vla.predict
     screen_file = Path(cfg.checkpoint).parent / "safe_explore.safetensors"
     if cfg.safe_explore == "on" or (cfg.safe_explore == "auto" and screen_file.is_file()):
