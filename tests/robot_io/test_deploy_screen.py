@@ -69,3 +69,16 @@ def test_screen_off_and_required_but_missing(checkpoint, tmp_path):
         _load_policy(cfg(lone, safe_explore="on"), SCENE, None)
     with pytest.raises(ValueError, match="safe_explore"):
         cfg(lone, safe_explore="maybe")
+
+
+def test_wrist_camera_policy_is_refused_before_motion(tmp_path):
+    """The runner has no wrist camera yet: a policy trained with one is refused at load time
+    (a clear error) instead of failing every inference on the robot."""
+    from safetwin.safety.runio import ConfigError
+
+    policy = CompactVLA(PolicyConfig(proprio_dim=13, privileged_dim=0, chunk_len=2, hidden=32, feat_dim=16,
+                                     use_wrist=True))
+    path = save_policy(tmp_path / "policy.safetensors", policy, safety_spec_sha256=SCENE.safety.sha256(),
+                       scene={"name": SCENE.name, "path": "reach_avoid"}, step=0, lam=0.0, config={})
+    with pytest.raises(ConfigError, match="wrist camera"):
+        _load_policy(cfg(path), SCENE, None)
