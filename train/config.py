@@ -43,7 +43,10 @@ class TrainConfig:
     rollout_decisions: decisions per env per iteration.
     gamma: discount per env step.
     gae_lambda: GAE lambda.
-    lr: PPO Adam learning rate.
+    lr: PPO Adam learning rate. Fine-tuning starts from a good BC policy, where Adam's fixed step
+        size turns noisy policy gradients into a random walk away from it: on reach_avoid (same BC
+        checkpoint, 20k steps, 50 eval episodes) 1e-4 collapsed to 14% success and cost 80 while
+        3e-5 kept 100% / 0 (seed 0) and 98% / 2.0 (seed 1).
     update_epochs: PPO epochs per iteration.
     num_minibatches: minibatches per epoch.
     clip_coef: PPO ratio clip.
@@ -89,7 +92,7 @@ class TrainConfig:
     rollout_decisions: int = 64
     gamma: float = 0.99
     gae_lambda: float = 0.95
-    lr: float = 1e-4
+    lr: float = 3e-5
     update_epochs: int = 4
     num_minibatches: int = 4
     clip_coef: float = 0.2
