@@ -43,10 +43,9 @@ class TrainConfig:
     rollout_decisions: decisions per env per iteration.
     gamma: discount per env step.
     gae_lambda: GAE lambda.
-    lr: PPO Adam learning rate. Fine-tuning starts from a good BC policy, where Adam's fixed step
-        size turns noisy policy gradients into a random walk away from it: on reach_avoid (same BC
-        checkpoint, 20k steps, 50 eval episodes) 1e-4 collapsed to 14% success and cost 80 while
-        3e-5 kept 100% / 0 (seed 0) and 98% / 2.0 (seed 1).
+    lr: PPO Adam learning rate. Small on purpose: fine-tuning starts from a good BC policy, and
+        Adam's fixed step size turns noisy policy gradients into a drift away from it (one
+        reach_avoid run at 1e-4 collapsed to 14% success and cost 80; see benchmarks/results).
     update_epochs: PPO epochs per iteration.
     num_minibatches: minibatches per epoch.
     clip_coef: PPO ratio clip.
