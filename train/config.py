@@ -45,7 +45,7 @@ class TrainConfig:
     gae_lambda: GAE lambda.
     lr: PPO Adam learning rate. Small on purpose: fine-tuning starts from a good BC policy, and
         Adam's fixed step size turns noisy policy gradients into a drift away from it (one
-        reach_avoid run at 1e-4 collapsed to 14% success and cost 80; see benchmarks/results).
+        reach_avoid run from the bench's BC checkpoint collapsed to 14% success and cost 80 at 1e-4).
     update_epochs: PPO epochs per iteration.
     num_minibatches: minibatches per epoch.
     clip_coef: PPO ratio clip.
