@@ -100,11 +100,9 @@ class SafeExplorer:
     def pretrain(self, env_fn: Callable[[], gym.Env], policy: VLAPolicy, progress: bool = False) -> dict[str, float]:
         """Collect offline episodes, pre-train critic and recovery, calibrate epsilon."""
         episodes, violations = self.collect_offline(env_fn, policy, progress)
-        rng = np.random.default_rng(self.seed + 17)
-        order = rng.permutation(len(episodes))
-        n_held = max(1, int(round(self.cfg.heldout_fraction * len(episodes))))
-        self.heldout = [episodes[i] for i in order[:n_held]]
-        for i in order[n_held:]:
+        held = self._heldout_split(episodes)
+        self.heldout = [episodes[i] for i in held]
+        for i in sorted(set(range(len(episodes))) - set(held)):
             self.learner.replay.add_episode(episodes[i])
         losses = self.learner.update(self.cfg.offline_updates, progress=progress, desc="safety critic (offline)")
         cal = self.recalibrate()
@@ -118,10 +116,27 @@ class SafeExplorer:
                     "positives/negatives)", cal.auc, cal.epsilon, cal.fnr, cal.fpr, cal.n_pos, cal.n_neg)
         return {**self.offline_stats, **self.calibration_metrics()}
 
+    def _heldout_split(self, episodes: list[Episode]) -> list[int]:
+        """Indices of the held-out episodes: ``heldout_fraction`` of the violating and of the
+        violation-free episodes each (stratified, at least one of each non-empty group), so
+        calibration and the ROC AUC see both classes whenever the data has them."""
+        rng = np.random.default_rng(self.seed + 17)
+        held: list[int] = []
+        for group in (True, False):
+            idx = [i for i, e in enumerate(episodes) if bool(np.any(e.violation)) is group]
+            if not idx:
+                continue
+            n = int(round(self.cfg.heldout_fraction * len(idx)))
+            n = max(n, 1)
+            held += [idx[j] for j in rng.permutation(len(idx))[:n]]
+        return held or [int(rng.integers(len(episodes)))]
+
     @torch.no_grad()
     def collect_offline(self, env_fn: Callable[[], gym.Env], policy: VLAPolicy,
                         progress: bool = False) -> tuple[list[Episode], float]:
-        """Perturbed-policy and random-policy episodes (chunked env); (episodes, total cost)."""
+        """Random-policy, perturbed-policy and clean-policy episodes (chunked env); (episodes,
+        total cost). The clean share keeps safe windows in the data: on a hard task every window
+        of a perturbed or random rollout violates, and a critic with no safe examples cannot rank."""
         rng = np.random.default_rng(self.seed + 101)
         env = env_fn()
         episodes, total_cost = [], 0.0
@@ -129,6 +144,7 @@ class SafeExplorer:
         try:
             for i in tqdm(range(self.cfg.offline_episodes), desc="safety critic data", disable=not progress):
                 random_policy = rng.random() < self.cfg.random_fraction
+                clean = not random_policy and rng.random() < self.cfg.clean_fraction
                 obs, _ = env.reset(seed=self.seed + 500_000 + i)
                 tracker, done = EpisodeTracker(1), False
                 while not done:
@@ -136,6 +152,8 @@ class SafeExplorer:
                     feat = self.featurizer(batch)[0].numpy()
                     if random_policy:
                         chunk = rng.uniform(-1.0, 1.0, shape)
+                    elif clean:  # the policy's own mean chunk: the safe side of the data
+                        chunk = policy.mean_chunk(batch)[0].numpy()
                     else:
                         chunk = policy.act(batch)[0][0].numpy() + rng.normal(0.0, self.cfg.perturb_std, shape)
                     chunk = np.clip(chunk, -1.0, 1.0).astype(np.float32)

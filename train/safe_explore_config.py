@@ -19,6 +19,8 @@ class SafeExploreConfig:
         (perturbed-policy and random-policy rollouts under domain randomization).
     random_fraction: share of the offline episodes driven by uniformly random chunks (the rest
         are the pre-trained policy with Gaussian perturbation ``perturb_std`` on its chunk).
+    clean_fraction: share of the policy-driven (not random) offline episodes that run the policy's
+        own mean chunk with no perturbation: the safe side of the data.
     perturb_std: std of the perturbation added to the policy's chunk in offline episodes
         (action units, the chunk is clipped to [-1, 1] afterwards).
     heldout_fraction: share of the offline episodes kept out of training for calibration/AUC.
@@ -49,6 +51,7 @@ class SafeExploreConfig:
     enabled: bool = False
     offline_episodes: int = 80
     random_fraction: float = 0.3
+    clean_fraction: float = 0.25
     perturb_std: float = 0.5
     heldout_fraction: float = 0.25
     horizon_steps: int = 10
@@ -77,7 +80,7 @@ class SafeExploreConfig:
                      "cql_alpha", "recovery_action_reg", "critic_weight_decay", "rejection_cost", "perturb_std"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.safe_explore.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("random_fraction", "gamma"):
+        for name in ("random_fraction", "clean_fraction", "gamma"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"train.safe_explore.{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("heldout_fraction", "target_fnr", "tau"):

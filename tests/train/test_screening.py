@@ -227,3 +227,26 @@ def test_trainer_switch_logs_metrics_saves_and_resumes(tmp_path) -> None:  # noq
     assert len(after) > len(records) and after[-1]["step"] >= 400
     tv = [r["safety/train_violations"] for r in after]
     assert all(b >= a for a, b in zip(tv, tv[1:], strict=False))
+
+
+def test_heldout_split_is_stratified_so_calibration_sees_both_classes() -> None:
+    """With few violating episodes among many clean ones (or the reverse), the held-out set still
+    gets some of each, so epsilon calibration and the ROC AUC have both classes."""
+    from safetwin.train.safe_explore import SafeExplorer
+    from safetwin.train.safe_explore_config import SafeExploreConfig
+    from safetwin.train.safe_explore_data import Episode
+
+    def episode(violates: bool) -> Episode:
+        v = np.zeros(5)
+        v[2] = float(violates)
+        return Episode(np.zeros((5, 2)), np.zeros((5, 1)), np.zeros((5, 1)), v, np.ones(5, int),
+                       np.zeros(5, bool), np.zeros(2), False)
+
+    policy = CompactVLA(PolicyConfig(proprio_dim=4, privileged_dim=0, chunk_len=1, hidden=32, feat_dim=16))
+    explorer = SafeExplorer(SafeExploreConfig(enabled=True, heldout_fraction=0.25), policy, seed=0)
+    for n_bad, n_good in ((1, 19), (19, 1), (10, 10)):
+        episodes = [episode(True)] * n_bad + [episode(False)] * n_good
+        held = explorer._heldout_split(episodes)
+        labels = {bool(np.any(episodes[i].violation)) for i in held}
+        assert labels == {True, False}, (n_bad, n_good, held)
+        assert len(held) == len(set(held)) <= max(2, round(0.25 * 20) + 1)
