@@ -6,19 +6,15 @@ import numpy as np
 import pytest
 
 from safetwin.twin.env import TwinEnv
-from safetwin.twin.expert import (
-    ExpertConfig,
-    _plan_object_path,
-    _yaw_options,
-    footprint,
-    plan,
-    segment_hits_box,
-)
+from safetwin.twin.expert import ExpertConfig, ScriptedExpert
+from safetwin.twin.expert_geometry import footprint, plan, plan_object_path, segment_hits_box, yaw_options
+from safetwin.twin.world import expert_view
 
 
-def _rollouts(scene: str, episodes: int, seed0: int = 1000) -> tuple[float, float, float]:
+def _rollouts(scene: str, episodes: int, seed0: int = 1000, markov: bool = True) -> tuple[float, float, float]:
     """(success rate, total cost, largest EE speed m/s) of the expert over ``episodes`` episodes."""
     env = TwinEnv(scene, images=False)
+    env.expert = ScriptedExpert(ExpertConfig(markov=markov))
     successes, cost, top_speed = [], 0.0, 0.0
     for ep in range(episodes):
         env.reset(seed=seed0 + ep)
@@ -63,12 +59,45 @@ def test_expert_success_and_zero_cost(scene: str) -> None:
     assert top_speed <= TwinEnv(scene, images=False).safety_spec.ee_speed_max
 
 
+def test_expert_with_memory_still_solves_the_push() -> None:
+    """``markov=False`` (plan kept across steps) remains a working expert."""
+    rate, cost, _ = _rollouts("tabletop_push", 10, markov=False)
+    assert rate >= 0.9 and cost == 0.0, (rate, cost)
+
+
+def test_markov_expert_is_a_function_of_the_state() -> None:
+    """Behaviour cloning learns a map from state to action, so the expert must be one: along an
+    episode of the push (legs, turns, detours round the glass), a freshly built expert gives the
+    same action at every state as the one that has acted all episode. The expert with memory
+    does not (the reason BC on its demonstrations failed)."""
+    env = TwinEnv("tabletop_push", images=False)
+    mismatch = {}
+    for markov in (True, False):
+        env.expert = ScriptedExpert(ExpertConfig(markov=markov))
+        env.reset(seed=1001)
+        done, differ, steps = False, 0, 0
+        while not done:
+            fresh = ScriptedExpert(env.expert.config).act(expert_view(env.world, env.expert.config))
+            action = env.expert_action()
+            differ += int(np.max(np.abs(action - fresh)[:6]) > 1e-6)
+            _, _, terminated, truncated, _ = env.step(action)
+            done, steps = terminated or truncated, steps + 1
+        mismatch[markov] = differ / steps
+    env.close()
+    assert mismatch[True] == 0.0
+    assert mismatch[False] > 0.1, mismatch
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scene", ["reach_avoid", "tabletop_push"])
-def test_expert_hundred_episodes(scene: str) -> None:
-    rate, cost, _ = _rollouts(scene, 100, seed0=0)
+@pytest.mark.parametrize("markov", [True, False])
+def test_expert_hundred_episodes(scene: str, markov: bool) -> None:
+    """Over 100 randomised episodes the expert with memory never costs; the Markov one (no
+    retreat memory, plans afresh as the object drifts) may brush the glass in a rare episode:
+    its mean cost stays under 2 % of the cost limit (2 per episode)."""
+    rate, cost, _ = _rollouts(scene, 100, seed0=0, markov=markov)
     assert rate >= 0.9, f"{scene}: expert success {rate:.0%}"
-    assert cost == 0.0, f"{scene}: expert cost {cost}"
+    assert cost <= (0.0 if not markov else 0.04 * 100), f"{scene}: expert cost {cost}"
 
 
 @pytest.mark.parametrize("scene", ["reach_avoid", "tabletop_push"])
@@ -97,7 +126,7 @@ def test_push_plan_detours_round_the_glass_with_the_gripper_footprint() -> None:
     cfg = ExpertConfig()
     glass = (np.array([0.35, -0.115, 0.0]), np.array([0.41, -0.055, 0.12]))
     obj, goal = np.array([0.27, -0.17]), np.array([0.47, 0.0])
-    legs = _plan_object_path(obj, goal, [glass], 0.028 + cfg.path_clearance, 0.024, 0.04, cfg)
+    legs = plan_object_path(obj, goal, [glass], 0.028 + cfg.path_clearance, 0.024, 0.04, cfg)
     assert len(legs) >= 2 and np.linalg.norm(legs[-1][0] - goal) <= 0.024 + 1e-9
     flat = (np.array([*glass[0][:2], -1.0]), np.array([*glass[1][:2], 1.0]))
     start = obj
@@ -115,5 +144,5 @@ def test_push_plan_detours_round_the_glass_with_the_gripper_footprint() -> None:
 def test_yaw_options_keep_the_gripper_from_flipping() -> None:
     """Pushing along +x with a wobbling direction keeps one yaw (no +-pi/2 flip, no speed spike)."""
     for wobble in (1e-3, -1e-3):
-        options = _yaw_options(np.array([1.0, wobble]), previous=-1.5)
+        options = yaw_options(np.array([1.0, wobble]), previous=-1.5)
         assert abs(options[0] + np.pi / 2) < 0.01
