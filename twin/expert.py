@@ -13,11 +13,14 @@ Tasks:
   the object-to-goal line until its centre is in the goal zone, correcting sideways drift.
 
 Each step the expert builds a short waypoint list (straight, or up, over and down) and heads
-for the furthest waypoint reachable on a hazard-free segment. By default (``markov``) it keeps
-nothing between steps: the push plan is made afresh from the object's present position, and the
-gripper yaw it prefers is the one the EE has now. The action is then a function of the state
-alone, which is what behaviour cloning from the state can learn: an expert that remembers its
-plan (``markov=False``) acts differently on the same state depending on how it got there.
+for the furthest waypoint reachable on a hazard-free segment. By default it keeps the push plan,
+the present leg, a retreat point and the previous command across the steps of an episode, so
+on the same state it may act differently depending on how it got there. With ``markov=True`` it
+keeps nothing between steps: the push plan is made afresh from the object's present position
+and the gripper yaw it prefers is the one the EE has now, so the action is a function of the
+state alone (what DAgger-style relabelling of a learner's states needs). Measured on 100
+randomised ``tabletop_push`` episodes: with memory 99 % success and zero cost; Markov 98 % and
+one episode that brushes the glass (cost 2).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class ExpertConfig:
     lookahead: float = 0.06
     max_replans: int = 3
     reversal_speed: float = 0.5
-    markov: bool = True
+    markov: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.speed_fraction <= 1.0:
