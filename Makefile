@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
 .PHONY: setup sysdeps testdeps test test-all demo capture train audit deploy bench bench-env bench-filter \
-        bench-bus bench-loop bench-train bench-capture bench-safe-explore bench-soak lint clean
+        bench-bus bench-loop bench-train bench-capture bench-safe-explore bench-soak bench-expert lint clean
 
 setup: $(STAMP)
 
@@ -72,10 +72,13 @@ deploy: setup
 demo: setup
 	$(VENV)/bin/safetwin demo --scene $(SCENE) $(ARGS)
 
-bench: bench-env bench-filter bench-bus bench-loop bench-capture bench-train bench-safe-explore bench-soak
+bench: bench-env bench-expert bench-filter bench-bus bench-loop bench-capture bench-train bench-safe-explore bench-soak
 
 bench-env: setup
 	$(PY) benchmarks/bench_env.py
+
+bench-expert: setup
+	$(PY) benchmarks/bench_expert.py
 
 bench-filter: setup
 	$(PY) benchmarks/bench_filter.py

@@ -37,9 +37,9 @@ logger = logging.getLogger(__name__)
 ROBOT_ATTRS = ("robot_model", "kin")
 """Where the env exposes its :class:`RobotModel` (the contract's name first)."""
 SPEC_ATTRS = ("safety_spec", "spec")
+"""Where the env exposes its current :class:`SafetySpec` (the contract's name first)."""
 SIM_TIME_BUDGET_S = 0.05
 """Solve-time budget (s) of the filter in the twin (see SafetyFilterWrapper's ``time_budget_s``)."""
-"""Where the env exposes its current :class:`SafetySpec` (the contract's name first)."""
 
 
 def _find(obj: object, names: tuple[str, ...], kind: type) -> object | None:
@@ -83,7 +83,8 @@ class SafetyFilterWrapper(gym.Wrapper):
             the filter solves, so the spec's real-time budget (``safety.filter.time_budget_s``,
             enforced on the robot) would only make simulated results depend on how loaded the
             machine is; the twin uses the larger of this and the spec's budget, still a bound, so
-            a hung solver brakes. None: the spec's budget. Solve times are still measured and reported in ``info["filter"]``.
+            a hung solver brakes. None: the spec's budget. Solve times are still measured and
+            reported in ``info["filter"]``.
     """
 
     def __init__(self, env: gym.Env, spec: SafetySpec | None = None, *, solver: QPSolver | None = None,
