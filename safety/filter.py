@@ -22,9 +22,11 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
+from . import filter_kernels as fk
 from . import filter_rows as rows
 from .filter_config import FilterConfigError, validate_setup
 from .qp import OPTIMAL, DaqpSolver, QPProblem, QPSolver, infeasibility_slack
@@ -79,9 +81,9 @@ class FilterReport:
     feasible: the QP was solved and its output verified; False means the brake was returned.
     reason: ``ok``, ``infeasible``, ``max_iter``, ``slack``, ``nonfinite_input``,
         ``nonfinite_output``, ``timeout``, ``solver_error``, ``degenerate`` or ``model_error``.
-    slack: largest constraint violation of the solver output (rad/s or m/s); for an infeasible
-        QP, the smallest relaxation of all constraints that would make it feasible (diagnosis
-        only); inf when neither applies.
+    slack: largest constraint violation of the solver output (rad/s or m/s); inf when there is
+        no verified output (every brake except ``slack``). For an infeasible QP see
+        :attr:`infeasibility`.
     correction_norm: ``|qd - qd_free|`` rad/s, ``qd_free`` the unconstrained optimum (the nominal
         itself for a joint nominal); for a brake, the distance from that optimum to the brake.
     active: names of the constraints at their bound.
@@ -98,6 +100,16 @@ class FilterReport:
     min_barrier: float
     solve_time_s: float
     braked: bool
+    infeasible_qp: QPProblem | None = field(default=None, repr=False, compare=False)
+    """The QP that was found infeasible (kept only for :attr:`infeasibility`)."""
+
+    @cached_property
+    def infeasibility(self) -> float:
+        """The smallest uniform relaxation of all constraints (rad/s or m/s) that would make the
+        infeasible QP feasible: how far from feasible it was, for diagnosis. Computed on first
+        access (a second QP, about as costly as the filter call), so off the control path;
+        NaN when the call did not end in an infeasible QP."""
+        return math.nan if self.infeasible_qp is None else infeasibility_slack(self.infeasible_qp)
 
 
 @dataclass
@@ -113,6 +125,16 @@ class FilterProblem:
     min_barrier: float
     reason: str | None = None
     points: tuple[str, ...] = field(default=())
+    needed: np.ndarray | None = None
+    """Indices of the rows of ``G u <= b`` that the bounds do not imply (the rest cannot bind,
+    see ``filter_kernels.needed_rows``); None: all rows."""
+
+    def reduced(self) -> QPProblem:
+        """The QP the solver sees: only the ``needed`` rows (same feasible set and solution)."""
+        qp = self.qp
+        if self.needed is None or self.needed.size == qp.G.shape[0]:
+            return qp
+        return QPProblem(A=qp.A, c=qp.c, G=qp.G[self.needed], b=qp.b[self.needed], lb=qp.lb, ub=qp.ub)
 
 
 class SafetyFilter:
@@ -136,10 +158,10 @@ class SafetyFilter:
         self.n = len(spec.joints)
         self.solver: QPSolver = solver if solver is not None else DaqpSolver()
         self.limits = rows.Limits.from_spec(spec)
-        self._joint_terms = rows.JointTerms.make(self.limits, self.dt, spec.filter.position_noise_rad,
-                                                 spec.filter.state_delay_s)
         self.moving = setup.moving_spheres
         self.lipschitz = setup.lipschitz
+        self.tables = rows.KernelTables.make(self.limits, self.dt, spec.filter.position_noise_rad,
+                                             spec.filter.state_delay_s, self.lipschitz)
         self.points = ("ee",) + tuple(robot_model.sphere_names[i] for i in self.moving)
         self._obstacles = rows.ObstacleArrays.from_obstacles(spec.obstacles)
         self._names_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -167,7 +189,8 @@ class SafetyFilter:
         return dq - np.clip(dq, -step, step)
 
     def _braked(self, dq: np.ndarray, reason: str, free: np.ndarray | None, min_barrier: float,
-                slack: float = math.inf, solve_time: float = 0.0) -> tuple[np.ndarray, FilterReport]:
+                slack: float = math.inf, solve_time: float = 0.0, infeasible_qp: QPProblem | None = None
+                ) -> tuple[np.ndarray, FilterReport]:
         cmd = self.brake(dq)
         corr = float(np.linalg.norm(cmd - free)) if free is not None and np.all(np.isfinite(free)) \
             else math.inf
@@ -176,7 +199,7 @@ class SafetyFilter:
         self._last_brake = reason
         return cmd, FilterReport(feasible=False, reason=reason, slack=slack, correction_norm=corr,
                                  active=(), min_barrier=min_barrier, solve_time_s=solve_time,
-                                 braked=True)
+                                 braked=True, infeasible_qp=infeasible_qp)
 
     # ----------------------------------------------------------------------------- assembly
     def _check_shapes(self, state: FilterState, nominal: Nominal) -> tuple[np.ndarray, ...]:
@@ -231,24 +254,17 @@ class SafetyFilter:
             r = np.concatenate([(0.0,), np.asarray(radii, float)[self.moving]])
             jac = np.concatenate([jac6[None, :3], np.asarray(sjac, float)[self.moving]])
         A, c, free, reason = self._objective(nominal, value, jac6)
-        lb, ub, lows, highs = rows.joint_bounds(self._joint_terms, q, dq)
-        # the sampled-data margin, plus (B9) the state uncertainty scaled like it: gamma * margin
-        margin = rows.fk_margin(self.lipschitz, lb, ub, self.dt) + \
-            self.limits.gamma * rows.state_margin(jac, self._joint_terms.unseen_motion(dq))
-        G, b, h = rows.cartesian_rows(self.limits, obs, p, r, jac, jac6[:3], self.dt, margin, dq)
-        e = len(self.limits.ee_normals)
-        joint_h = np.minimum(q - self.limits.lower, self.limits.upper - q)
-        min_barrier = float(min(joint_h.min(), h[e:].min(initial=math.inf)))
-        if not math.isfinite(float(G.sum() + b.sum() + A.sum() + free.sum())):
-            reason = "degenerate"
-        else:
-            blocked = b < 0.0
-            if blocked.any() and np.any(np.einsum("ij,ij->i", G[blocked], G[blocked])
-                                        < rows.DEGENERATE_ROW_NORM ** 2):
-                reason = reason or "degenerate"
+        t = self.tables
+        lb, ub, lows, highs, G, b, h, min_barrier, degenerate, needed = fk.assemble(
+            t.jt, t.sc, t.ee_normals, t.ws, t.keep_lo, t.keep_hi, obs.centers, obs.half,
+            np.ascontiguousarray(p), r, np.ascontiguousarray(jac), np.ascontiguousarray(jac6[:3]), q, dq,
+            rows.DEGENERATE_ROW_NORM)
+        if degenerate or not math.isfinite(float(G.sum() + b.sum() + A.sum() + free.sum())):
+            reason = reason or "degenerate"
         qp = QPProblem(A=A, c=c, G=G, b=b, lb=lb, ub=ub)
         return FilterProblem(qp=qp, row_names=self._row_names(obs), barrier=h, lows=lows, highs=highs,
-                             free=free, min_barrier=min_barrier, reason=reason, points=self.points)
+                             free=free, min_barrier=min_barrier, reason=reason, points=self.points,
+                             needed=needed)
 
     # ----------------------------------------------------------------------------- certify
     def certify(self, state: FilterState, nominal: Nominal) -> tuple[np.ndarray, FilterReport]:
@@ -270,13 +286,13 @@ class SafetyFilter:
         if fp.reason is not None:
             return self._braked(dq, fp.reason, fp.free, fp.min_barrier)
         if np.any(fp.qp.lb > fp.qp.ub):
-            return self._braked(dq, "infeasible", fp.free, fp.min_barrier, slack=infeasibility_slack(fp.qp))
+            return self._braked(dq, "infeasible", fp.free, fp.min_barrier, infeasible_qp=fp.qp)
         return self._solve(fp, dq)
 
     def _solve(self, fp: FilterProblem, dq: np.ndarray) -> tuple[np.ndarray, FilterReport]:
         t0 = time.perf_counter()
         try:
-            result = self.solver(fp.qp)
+            result = self.solver(fp.reduced())
         except Exception as exc:  # noqa: BLE001 - any solver failure must brake, never propagate
             logger.error("safety filter: QP solver raised %s: %s", type(exc).__name__, exc)
             return self._braked(dq, "solver_error", fp.free, fp.min_barrier,
@@ -286,33 +302,26 @@ class SafetyFilter:
             return self._braked(dq, "timeout", fp.free, fp.min_barrier, solve_time=elapsed)
         if result.status != OPTIMAL or result.x is None:
             reason = result.status if result.status in ("infeasible", "max_iter") else "solver_error"
-            slack = infeasibility_slack(fp.qp) if reason == "infeasible" else math.inf
-            return self._braked(dq, reason, fp.free, fp.min_barrier, slack=slack, solve_time=elapsed)
+            return self._braked(dq, reason, fp.free, fp.min_barrier, solve_time=elapsed,
+                                infeasible_qp=fp.qp if reason == "infeasible" else None)
         x = np.array(result.x, dtype=float, copy=True)
         if x.shape != (self.n,) or not math.isfinite(float(x.sum())):
             return self._braked(dq, "nonfinite_output", fp.free, fp.min_barrier, solve_time=elapsed)
-        residual = fp.qp.b - fp.qp.G @ x
-        slack = max(float(np.max(fp.qp.lb - x)), float(np.max(x - fp.qp.ub)),
-                    -float(residual.min(initial=0.0)), 0.0)
+        qp = fp.qp
+        slack, rows_on, bounds_on = fk.verify(qp.G, qp.b, qp.lb, qp.ub, x, fp.lows, fp.highs, ACTIVE_TOL)
         if slack > self.spec.filter.slack_tolerance:
             return self._braked(dq, "slack", fp.free, fp.min_barrier, slack=slack, solve_time=elapsed)
         self._last_brake = None
         report = FilterReport(feasible=True, reason="ok", slack=slack,
                               correction_norm=math.sqrt(float((x - fp.free) @ (x - fp.free))),
-                              active=self._active(fp, x, residual), min_barrier=fp.min_barrier,
+                              active=self._active(fp, rows_on, bounds_on), min_barrier=fp.min_barrier,
                               solve_time_s=elapsed, braked=False)
         return x, report
 
-    def _active(self, fp: FilterProblem, x: np.ndarray, residual: np.ndarray) -> tuple[str, ...]:
-        """Names of the rows and bounds active at ``x``, from precomputed name arrays."""
-        qp = fp.qp
-        names = self._name_arrays[fp.row_names][residual <= ACTIVE_TOL * (1.0 + np.abs(qp.b))].tolist()
-        low = np.flatnonzero(x - qp.lb <= ACTIVE_TOL * (1.0 + np.abs(qp.lb)))
-        high = np.flatnonzero(qp.ub - x <= ACTIVE_TOL * (1.0 + np.abs(qp.ub)))
-        if low.size:
-            names += self._bound_names[0][fp.lows[:, low].argmax(axis=0), low].tolist()
-        if high.size:
-            names += self._bound_names[1][fp.highs[:, high].argmin(axis=0), high].tolist()
+    def _active(self, fp: FilterProblem, rows_on: np.ndarray, bounds_on: np.ndarray) -> tuple[str, ...]:
+        """Names of the active rows and bounds (indices from ``filter_kernels.verify``)."""
+        names = self._name_arrays[fp.row_names][rows_on].tolist() if rows_on.size else []
+        names += [self._bound_names[side, src, j] for side, j, src in bounds_on.tolist()]
         return tuple(names)
 
     def with_spec(self, spec: SafetySpec) -> SafetyFilter:

@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from . import kinematics_kernels as kk
 from .assets.urdf import Geometry, UrdfJoint, UrdfModel, rpy_matrix
 
 if TYPE_CHECKING:
     from .scene import Scene
 
 MAX_SPHERES_PER_PRIMITIVE = 5
-_I1, _I2 = np.array([1, 2, 0]), np.array([2, 0, 1])  # cross(a, b) = a[I1] * b[I2] - a[I2] * b[I1]
-_SKEW_IDX = np.array([0, 2, 1, 2, 0, 0, 1, 0, 0])  # skew(z) row-major = z[_SKEW_IDX] * _SKEW_SIGN
-_SKEW_SIGN = np.array([0.0, -1.0, 1.0, 1.0, 0.0, -1.0, -1.0, 1.0, 0.0])
 
 
 class KinematicsAll(NamedTuple):
@@ -135,22 +133,10 @@ class Kinematics:
         self._before_p = np.array([b[:3, 3] for b in before])
         ee_const = self._constant_between(chain, self.joint_names[-1], None)
         self._ee_r, self._ee_p = ee_const[:3, :3].copy(), ee_const[:3, 3].copy()
-        self._axes = np.array([model.joints[name].axis for name in self.joint_names])
-        ax = self._axes
-        zero = np.zeros(n)
-        self._K = np.stack([np.stack([zero, -ax[:, 2], ax[:, 1]], 1), np.stack([ax[:, 2], zero, -ax[:, 0]], 1),
-                            np.stack([-ax[:, 1], ax[:, 0], zero], 1)], 1)
-        self._K2 = self._K @ self._K
+        self._axes = np.array([model.joints[name].axis for name in self.joint_names], dtype=float)
         self._build_spheres(primitives)
         self._build_points()
-        self._revolute = (~self._types).astype(float)
         self._any_prismatic = bool(self._types.any())
-        self._eye = np.eye(3)
-        self._homog = np.zeros((n, 4, 4))
-        self._homog[:, 3, 3] = 1.0
-        self._cache_key: bytes | None = None
-        self._cache: tuple[np.ndarray, np.ndarray] | None = None
-        self._cache_frames = np.zeros((n, 4, 4))
 
     # ------------------------------------------------------------------ construction
     def _value(self, joint: UrdfJoint) -> float:
@@ -213,19 +199,15 @@ class Kinematics:
         self._sphere_group = np.array(groups, dtype=int)
         self._sphere_local = np.array(centres).reshape(-1, 3)
         self._sphere_radii = np.array(radii)
-        n = len(self.joint_names)
-        self._sphere_mask = (np.arange(n)[None, :] <= self._sphere_group[:, None]).astype(float)
 
     def _build_points(self) -> None:
-        """Tables of :meth:`kinematics_all`: homogeneous local coordinates (1 + m, 4) of the EE
-        (on the last controlled frame) and the sphere centres, their frame index and joint mask."""
-        n, m = len(self.joint_names), len(self.sphere_names)
-        local = np.ones((1 + m, 4))
-        local[0, :3], local[1:, :3] = self._ee_p, self._sphere_local
-        self._pt_local_h = local
-        self._pt_group = np.concatenate([[n - 1], self._sphere_group]).astype(int)
-        self._pt_rows = np.arange(1 + m)
-        self._pt_mask = np.vstack([np.ones((1, n)), self._sphere_mask])[:, None, :]  # (1 + m, 1, n)
+        """Tables of :meth:`kinematics_all`: local coordinates (1 + m, 3) of the EE (on the last
+        controlled frame) and the sphere centres, and the frame index each is fixed to."""
+        n = len(self.joint_names)
+        self._pt_local = np.ascontiguousarray(np.vstack([self._ee_p[None], self._sphere_local]))
+        self._pt_group = np.concatenate([[n - 1], self._sphere_group]).astype(np.int64)
+        self._ee_local = np.ascontiguousarray(self._ee_p[None])
+        self._ee_group = np.array([n - 1], dtype=np.int64)
 
     @classmethod
     def for_scene(cls, scene: Scene) -> Kinematics:
@@ -242,53 +224,35 @@ class Kinematics:
         return cls(model, robot.joint_names, robot.ee_link, prims, fixed)
 
     # ------------------------------------------------------------------ evaluation
-    def _frames(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Frames after each controlled joint: rotations (n, 3, 3) and origins (n, 3), base frame."""
+    def _checked(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=float)
-        key = q.tobytes()
-        if key == self._cache_key:
-            return self._cache  # type: ignore[return-value]
         if q.shape != (len(self.joint_names),):
             raise ValueError(f"q must have shape ({len(self.joint_names)},), got {q.shape}")
-        if self._any_prismatic:
-            s, c = np.sin(q) * self._revolute, 1.0 - np.cos(q) * self._revolute - self._types
-            steps = self._before_p + np.matmul(self._before_r, self._axes[:, :, None])[:, :, 0] * \
-                (q * self._types)[:, None]
-        else:
-            s, c = np.sin(q), 1.0 - np.cos(q)
-            steps = self._before_p
-        m = self._homog
-        m[:, :3, :3] = np.matmul(self._before_r, self._eye + s[:, None, None] * self._K + c[:, None, None] * self._K2)
-        m[:, :3, 3] = steps
-        out = np.empty_like(m)
-        t = out[0] = m[0]
-        for k in range(1, len(q)):
-            t = out[k] = t @ m[k]
-        self._cache_key, self._cache, self._cache_frames = key, (out[:, :3, :3], out[:, :3, 3]), out
-        return self._cache
+        return q
 
-    def _axes_world(self, rots: np.ndarray) -> np.ndarray:
-        """Joint axes (n, 3) in the base frame (each joint's axis is fixed in its child frame)."""
-        return np.matmul(rots, self._axes[:, :, None])[:, :, 0]
+    def _tables(self, local: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The chain tables and the points (local coordinates, frame index) for a kernel."""
+        return self._before_r, self._before_p, self._axes, self._types, local, group, self._ee_r
+
+    def _frames(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rotations (n, 3, 3), origins (n, 3) and world joint axes (n, 3) of the frames after
+        each controlled joint, base frame (compiled kernel, :mod:`kinematics_kernels`)."""
+        return kk.frames(self._checked(q), self._before_r, self._before_p, self._axes, self._types)
 
     def ee_pose(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """End-effector position (3,) m and rotation (3, 3), base frame, at ``q`` (n,) rad."""
-        rots, origins = self._frames(q)
+        rots, origins, _ = self._frames(q)
         r = rots[-1]
         return origins[-1] + r @ self._ee_p, r @ self._ee_r
 
+    def _ee_kinematics(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """EE position (3,) m, rotation (3, 3) and geometric Jacobian (6, n), base frame."""
+        points, _, jac, rot = kk.kinematics_all(self._checked(q), *self._tables(self._ee_local, self._ee_group))
+        return points[0], rot, jac
+
     def ee_jacobian(self, q: np.ndarray) -> np.ndarray:
         """Geometric Jacobian (6, n), rows [v (m/s); omega (rad/s)], base frame."""
-        rots, origins = self._frames(q)
-        z = self._axes_world(rots)
-        d = (origins[-1] + rots[-1] @ self._ee_p) - origins
-        jac = np.empty((6, len(self.joint_names)))
-        jac[:3] = (z[:, _I1] * d[:, _I2] - z[:, _I2] * d[:, _I1]).T
-        jac[3:] = z.T
-        if self._any_prismatic:
-            jac[:3, self._types] = z[self._types].T
-            jac[3:, self._types] = 0.0
-        return jac
+        return self._ee_kinematics(q)[2]
 
     def spheres(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Collision spheres: centres (m, 3) m base frame, radii (m,) m, Jacobians (m, 3, n)."""
@@ -301,27 +265,11 @@ class Kinematics:
         Sphere values equal :meth:`spheres`; the EE values equal :meth:`ee_pose` and
         :meth:`ee_jacobian` up to rounding (~1e-16 m). Fresh arrays on every call.
         """
-        rots, origins = self._frames(q)
-        frames = self._cache_frames
-        n, npts = len(self.joint_names), len(self._pt_rows)
-        world = (self._pt_local_h @ frames.reshape(4 * n, 4).T).reshape(npts, n, 4)
-        points = world[self._pt_rows, self._pt_group, :3]
-        z = self._axes_world(rots)
-        skew = z[:, _SKEW_IDX] * _SKEW_SIGN  # (n, 9): skew(z_j) row-major
-        # cross(z_j, p - o_j) = skew_j p - skew_j o_j for every point p and joint j: (1 + m, n, 3)
-        cols = (points @ skew.reshape(3 * n, 3).T).reshape(npts, n, 3) - \
-            np.matmul(skew.reshape(n, 3, 3), origins[:, :, None])[:, :, 0]
-        if self._any_prismatic:
-            cols[:, self._types, :] = z[self._types]
-        point_jac = np.empty((npts, 3, n))
-        np.multiply(cols.transpose(0, 2, 1), self._pt_mask, out=point_jac)
-        ee_jac = np.empty((6, n))
-        ee_jac[:3], ee_jac[3:] = point_jac[0], z.T
-        if self._any_prismatic:
-            ee_jac[3:, self._types] = 0.0
-        return KinematicsAll(ee_pos=points[0], ee_rot=rots[-1] @ self._ee_r, ee_jac=ee_jac,
-                             centers=points[1:], radii=self._sphere_radii.copy(),
-                             sphere_jac=point_jac[1:], points=points, point_jac=point_jac)
+        points, point_jac, ee_jac, ee_rot = kk.kinematics_all(self._checked(q),
+                                                              *self._tables(self._pt_local, self._pt_group))
+        return KinematicsAll(ee_pos=points[0], ee_rot=ee_rot, ee_jac=ee_jac, centers=points[1:],
+                             radii=self._sphere_radii.copy(), sphere_jac=point_jac[1:], points=points,
+                             point_jac=point_jac)
 
     def ik_step(self, q: np.ndarray, dx: np.ndarray, rot_goal: np.ndarray | float | None = None,
                 damping: float | None = None) -> np.ndarray:
@@ -341,36 +289,20 @@ class Kinematics:
         if rot_goal is not None and np.ndim(rot_goal) == 0:
             rot_goal, damping = None, float(rot_goal)  # type: ignore[arg-type]
         damping = 0.05 if damping is None else damping
-        q, dx = np.asarray(q, dtype=float), np.asarray(dx, dtype=float)
-        if not np.all(np.isfinite(q)) or not np.all(np.isfinite(dx)):
-            raise ValueError(f"ik_step needs finite q and goal, got q={q!r}, dx={dx!r}")
-        if rot_goal is not None:
-            rot_goal = np.asarray(rot_goal, dtype=float)
-            if dx.shape != (3,) or rot_goal.shape != (3, 3) or not np.all(np.isfinite(rot_goal)):
-                raise ValueError(f"ik_step(q, p_goal, rot_goal) needs finite (3,) and (3, 3) goals, got "
-                                 f"{dx.shape} and {rot_goal.shape}")
-            dx = pose_error(*self.ee_pose(q), dx, rot_goal)
-        if dx.shape != (6,):
-            raise ValueError(f"ik_step needs dx of shape (6,), got {dx.shape}")
+        q, dx = self._checked(q), np.asarray(dx, dtype=float)
+        use_goal = rot_goal is not None
+        rot = np.ascontiguousarray(rot_goal, dtype=float) if use_goal else self._ee_r
+        if not math.isfinite(float(q.sum() + dx.sum() + rot.sum())):
+            raise ValueError(f"ik_step needs finite q and goal, got q={q!r}, dx={dx!r}, rot_goal={rot_goal!r}")
+        if dx.shape != ((3,) if use_goal else (6,)) or rot.shape != (3, 3):
+            raise ValueError(f"ik_step needs dx (6,), or p_goal (3,) with rot_goal (3, 3); got "
+                             f"{dx.shape} and {None if rot_goal is None else rot.shape}")
         if not damping > 0:
             raise ValueError(f"damping must be > 0, got {damping}")
-        jac = self.ee_jacobian(q)
-        return jac.T @ np.linalg.solve(jac @ jac.T + damping ** 2 * np.eye(6), dx)
+        return kk.ik_step(q, np.ascontiguousarray(dx), rot, use_goal, float(damping),
+                          *self._tables(self._ee_local, self._ee_group))
 
 
 def pose_error(p: np.ndarray, rot: np.ndarray, p_goal: np.ndarray, rot_goal: np.ndarray) -> np.ndarray:
     """The (6,) displacement [p_goal - p (m); axis-angle of rot_goal @ rot^T (rad)], base frame."""
-    r_err = rot_goal @ rot.T
-    cos = max(-1.0, min(1.0, (np.trace(r_err) - 1.0) / 2.0))
-    angle = math.acos(cos)
-    vec = np.array([r_err[2, 1] - r_err[1, 2], r_err[0, 2] - r_err[2, 0], r_err[1, 0] - r_err[0, 1]])
-    if angle < 1e-9:
-        w = 0.5 * vec
-    elif math.pi - angle < 1e-6:
-        axis = np.sqrt(np.maximum((np.diag(r_err) + 1.0) / 2.0, 0.0))
-        i = int(np.argmax(axis))
-        axis = r_err[:, i] + np.eye(3)[:, i]
-        w = axis / np.linalg.norm(axis) * angle
-    else:
-        w = vec * angle / (2.0 * math.sin(angle))
-    return np.concatenate([np.asarray(p_goal) - np.asarray(p), w])
+    return kk.pose_error(*(np.asarray(a, dtype=float) for a in (p, rot, p_goal, rot_goal)))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from safetwin.safety import filter_rows as rows
-from safetwin.safety.filter import SafetyFilter
+from safetwin.safety.filter import FilterState, Nominal, SafetyFilter
+from safetwin.safety.qp import DaqpSolver
 
 twin_scene = pytest.importorskip("safetwin.twin.scene")
 twin_kin = pytest.importorskip("safetwin.twin.kinematics")
@@ -101,7 +102,7 @@ def test_vectorised_rows_equal_per_row_reference(setup):
         p, jac = np.asarray(k.points)[sel], np.asarray(k.point_jac)[sel]
         r = np.concatenate([(0.0,), np.asarray(k.radii)[filt.moving]])
         margin = float(rng.uniform(0.0, 1e-3))
-        G, b, h = rows.cartesian_rows(lim, obs, p, r, jac, np.asarray(k.ee_jac)[:3], 0.01, margin, dq)
+        G, b, h = rows.cartesian_rows(filt.tables, obs, p, r, jac, np.asarray(k.ee_jac)[:3], margin, dq)
         assert G.shape[0] == b.shape[0] == h.shape[0] == len(names)
         np.testing.assert_allclose(G[:e], lim.ee_normals @ np.asarray(k.ee_jac)[:3], atol=1e-14)
         assert np.all(np.isnan(h[:e])) and np.all(b[:e] == lim.ee_offset)
@@ -114,3 +115,28 @@ def test_vectorised_rows_equal_per_row_reference(setup):
             assert b[row] == pytest.approx(_reference_rhs(g_row, h_ref, lim, 0.01, margin, dq), abs=1e-10), name
             violated += h_ref < 0.0
     assert violated > 0, "no violated row sampled: the recovery branch was not exercised"
+
+
+def test_presolve_drops_only_rows_the_bounds_imply(setup):
+    """The rows the solver is not given hold at every corner of the bound box (so everywhere in
+    it: the rows are linear), and the presolved QP has the full QP's solution (B1/B2 unchanged)."""
+    spec, _, filt = setup
+    rng = np.random.default_rng(9)
+    corners = np.array(np.meshgrid(*[[0.0, 1.0]] * filt.n, indexing="ij")).reshape(filt.n, -1).T
+    dropped_total = 0
+    for _ in range(40):
+        q = _random_q(spec, rng)
+        dq = rng.uniform(-0.5, 0.5, filt.n) * filt.limits.velocity
+        fp = filt.build(FilterState(q, dq), Nominal.joint(rng.uniform(-1.5, 1.5, filt.n) * filt.limits.velocity))
+        qp = fp.qp
+        if np.any(qp.lb > qp.ub):
+            continue
+        dropped = np.setdiff1d(np.arange(qp.G.shape[0]), fp.needed)
+        dropped_total += dropped.size
+        vertices = qp.lb + corners * (qp.ub - qp.lb)  # (2^n, n)
+        assert np.all(vertices @ qp.G[dropped].T <= qp.b[dropped] + 1e-12)
+        full, reduced = DaqpSolver()(qp), DaqpSolver()(fp.reduced())
+        assert full.status == reduced.status
+        if full.status == "optimal":
+            np.testing.assert_allclose(reduced.x, full.x, atol=1e-10)
+    assert dropped_total > 0
