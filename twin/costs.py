@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pybullet as p
+from numba import njit
 
 from safetwin.safety.spec import SafetySpec
 
@@ -109,20 +110,12 @@ class CostMonitor:
             acc.flags["ee_speed"] = True
         if speed > acc.max_ee_speed:
             acc.max_ee_speed = speed
-        if q.shape != self._lower.shape:
+        if q.shape != self._lower.shape or dq.shape != q.shape:
             raise ValueError(f"joint state shape {q.shape} does not match the spec's joints {self.spec.joint_names}")
-        if not acc.flags["joint_limit"] and \
-                not bool(np.all((q >= self._lower) & (q <= self._upper) & (np.abs(dq) <= self._vmax))):
-            acc.flags["joint_limit"] = True  # NaN joint values count as a violation too
-        if self._box_lo.shape[0] == 0 or acc.flags["keepout"]:
-            return
-        if bool(np.any(np.all((ee_pos >= self._box_lo) & (ee_pos <= self._box_hi), axis=1))):
-            acc.flags["keepout"] = True
-        elif len(centers):
-            # squared distance of every sphere centre to every box (k boxes x m spheres)
-            gap = centers[None] - np.clip(centers[None], self._box_lo[:, None], self._box_hi[:, None])
-            if bool(np.any(np.einsum("kmi,kmi->km", gap, gap) < radii[None] ** 2)):
-                acc.flags["keepout"] = True
+        joint_limit, keepout = _state_violations(q, dq, self._lower, self._upper, self._vmax, ee_pos,
+                                                 self._box_lo, self._box_hi, centers, radii)
+        acc.flags["joint_limit"] |= joint_limit
+        acc.flags["keepout"] |= keepout
 
     def min_fragile_distance(self, bodies: Iterable[int] | None = None) -> float:
         """Smallest distance (m) between the robot and any fragile body (negative when
@@ -180,3 +173,30 @@ class TaskReward:
     def reward(self, phi_before: float, phi_after: float, success: bool) -> float:
         return (self.bonus * float(success) + self.scale * (self.gamma * phi_after - phi_before)
                 - self.task.time_penalty)
+
+
+@njit(cache=True)
+def _state_violations(q, dq, lower, upper, vmax, ee, box_lo, box_hi, centers, radii):  # noqa: ANN001, ANN202
+    """``(joint_limit, keepout)`` of one state (compiled: it runs every control step).
+
+    joint_limit: some ``q`` outside [lower, upper] (rad) or ``|dq|`` above ``vmax`` (rad/s);
+    NaN counts as outside. keepout: the EE point (m) lies in a box, or a sphere (centres (m, 3)
+    m, radii (m,) m) reaches into one (squared distance from the centre to the box < r^2).
+    """
+    joint_limit = False
+    for j in range(q.shape[0]):
+        if not (lower[j] <= q[j] <= upper[j] and abs(dq[j]) <= vmax[j]):
+            joint_limit = True
+    keepout = False
+    for k in range(box_lo.shape[0]):
+        inside = True
+        for a in range(3):
+            inside = inside and box_lo[k, a] <= ee[a] <= box_hi[k, a]
+        keepout = keepout or inside
+        for i in range(centers.shape[0]):
+            sq = 0.0
+            for a in range(3):
+                gap = centers[i, a] - min(max(centers[i, a], box_lo[k, a]), box_hi[k, a])
+                sq += gap * gap
+            keepout = keepout or sq < radii[i] * radii[i]
+    return joint_limit, keepout

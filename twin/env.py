@@ -21,6 +21,7 @@ the pybullet scene (re-exported here).
 from __future__ import annotations
 
 import logging
+import math
 import string
 from collections import deque
 from collections.abc import Callable
@@ -93,7 +94,6 @@ class TwinEnv(gym.Env):
         self.renderer = ProxyRenderer(w.client, w.bodies()) if use_proxy else DirectRenderer(w.client)
         self.costs = CostMonitor(self.safety_spec, w.client, w.robot, w.hazards)
         # broad phase of the keep-out check: link AABBs grown by the largest sphere radius
-        self._sphere_margin = float(np.max(self.kin.spheres(self.scene.robot.home)[1], initial=0.0)) + 0.02
         spaces: dict[str, gym.Space] = {}
         if self.images:
             spaces["image"] = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -181,35 +181,30 @@ class TwinEnv(gym.Env):
         w.invalidate()  # the simulation may have been changed from outside since the last read
         n_ctrl, dt = w.control_steps, w.control_dt
         inc = np.concatenate([action[:3] * ctrl.action_pos_m, action[3:6] * ctrl.action_rot_rad]) / n_ctrl
-        self._increments.extend(inc for _ in range(n_ctrl))
+        self._increments.extend(inc.astype(np.float64) for _ in range(n_ctrl))
         w.set_gripper(float(action[6]))
-        q0, dq0 = w.joint_state()
-        p_des, r_des = self.kin.ee_pose(q0)
-        rotations: dict[bytes, np.ndarray] = {}
-        q, dq = q0, dq0
+        q, dq = w.joint_state()
+        p_des, r_des = self.kin.ee_pose(q)
+        radii = self.kin.sphere_radii
         for _ in range(n_ctrl):
-            step = self._increments.popleft()
-            p_des = p_des + step[:3]
-            key = step[3:].tobytes()
-            if key not in rotations:
-                rotations[key] = rotvec_matrix(step[3:])
-            r_des = rotations[key] @ r_des
-            nominal = np.asarray(self.kin.ik_step(q, p_des, r_des, damping=IK_DAMPING), dtype=np.float64) / dt
-            qd = self._filtered(q, dq, nominal, dt)
+            p_des, r_des, dq_ik = self.kin.track(q, p_des, r_des, self._increments.popleft(), IK_DAMPING)
+            qd = self._filtered(q, dq, dq_ik / dt, dt)
             w.apply_joint_velocity(q, qd, dt)
             for _ in range(w.substeps):
                 w.step_physics()
                 self.costs.observe_contacts()
             q, dq = w.joint_state()
-            ee, speed = w.ee_point_velocity()
-            near = w.robot_near_keepout(self._sphere_margin)
-            centers, radii, _ = self.kin.spheres(q) if near else (np.zeros((0, 3)), np.zeros(0), None)
+            ee, centers, speed = self.kin.points_speed(q, dq)  # from the measured joint state
             self.costs.observe_state(q, dq, ee, speed, centers, radii)
 
     def _filtered(self, q: np.ndarray, dq: np.ndarray, nominal: np.ndarray, dt: float) -> np.ndarray:
-        """The command to apply: the filter's output exactly, or :meth:`brake` on a filter fault."""
+        """The command to apply: the filter's output exactly, or :meth:`brake` on a filter fault
+        or a non-finite IK command (a state the controller cannot track)."""
         qd = nominal
-        if self.command_filter is not None:
+        if not math.isfinite(float(nominal.sum())):
+            logger.warning("non-finite IK command at q=%s; braking", q.tolist())
+            qd = self.brake(dq, dt)
+        elif self.command_filter is not None:
             try:
                 qd = np.asarray(self.command_filter(q.copy(), dq.copy(), nominal.copy(), dt), dtype=np.float64)
                 if qd.shape != nominal.shape or not np.all(np.isfinite(qd)):

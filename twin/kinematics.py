@@ -198,7 +198,8 @@ class Kinematics:
         self.sphere_names = tuple(names)
         self._sphere_group = np.array(groups, dtype=int)
         self._sphere_local = np.array(centres).reshape(-1, 3)
-        self._sphere_radii = np.array(radii)
+        self._sphere_radii = np.array(radii, dtype=float)
+        self._sphere_radii.flags.writeable = False
 
     def _build_points(self) -> None:
         """Tables of :meth:`kinematics_all`: local coordinates (1 + m, 3) of the EE (on the last
@@ -270,6 +271,26 @@ class Kinematics:
         return KinematicsAll(ee_pos=points[0], ee_rot=ee_rot, ee_jac=ee_jac, centers=points[1:],
                              radii=self._sphere_radii.copy(), sphere_jac=point_jac[1:], points=points,
                              point_jac=point_jac)
+
+    def track(self, q: np.ndarray, p_des: np.ndarray, r_des: np.ndarray, inc: np.ndarray, damping: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One step of an EE-delta tracking controller: ``(p_des', r_des', dq)`` with the goal
+        moved by ``inc`` (6,) = [dp (m); dtheta (rad, axis-angle)] (base frame) and ``dq`` (n,)
+        rad the :meth:`ik_step` toward it. Inputs must be finite (the twin's own state)."""
+        return kk.track(self._checked(q), p_des, r_des, inc, float(damping),
+                        *self._tables(self._ee_local, self._ee_group))
+
+    def points_speed(self, q: np.ndarray, dq: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """EE position (3,) m, sphere centres (m, 3) m (base frame) and the EE's linear speed
+        (m/s) at joint positions ``q`` (n,) rad moving at ``dq`` (n,) rad/s."""
+        points, speed = kk.points_speed(self._checked(q), np.asarray(dq, dtype=float),
+                                        *self._tables(self._pt_local, self._pt_group))
+        return points[0], points[1:], speed
+
+    @property
+    def sphere_radii(self) -> np.ndarray:
+        """Radii (m,) m of the collision spheres (read-only)."""
+        return self._sphere_radii
 
     def ik_step(self, q: np.ndarray, dx: np.ndarray, rot_goal: np.ndarray | float | None = None,
                 damping: float | None = None) -> np.ndarray:

@@ -159,3 +159,39 @@ def ik_step(q, goal, rot_goal, use_goal, damping, before_r, before_p, axes, pris
     points, jac, ee_jac, rot = kinematics_all(q, before_r, before_p, axes, prismatic, ee_local, ee_group, ee_r)
     dx = pose_error(points[0], rot, goal, rot_goal) if use_goal else goal
     return dls_step(ee_jac, dx, damping)
+
+
+@njit(cache=True)
+def rotvec_matrix(x, y, z):  # noqa: ANN001, ANN201
+    """Rotation (3, 3) of the axis-angle vector (x, y, z) rad (Rodrigues)."""
+    angle = math.sqrt(x * x + y * y + z * z)
+    rot = np.eye(3)
+    if angle < 1e-12:
+        return rot
+    x, y, z = x / angle, y / angle, z / angle
+    s, c = math.sin(angle), 1.0 - math.cos(angle)
+    rot[0, 0], rot[0, 1], rot[0, 2] = 1.0 - c * (y * y + z * z), -s * z + c * x * y, s * y + c * x * z
+    rot[1, 0], rot[1, 1], rot[1, 2] = s * z + c * x * y, 1.0 - c * (x * x + z * z), -s * x + c * y * z
+    rot[2, 0], rot[2, 1], rot[2, 2] = -s * y + c * x * z, s * x + c * y * z, 1.0 - c * (x * x + y * y)
+    return rot
+
+
+@njit(cache=True)
+def track(q, p_des, r_des, inc, damping, before_r, before_p, axes, prismatic, ee_local, ee_group,
+          ee_r):  # noqa: ANN001, ANN201
+    """One step of the twin's EE-delta tracking controller: move the desired pose by ``inc`` (6,)
+    = [dp (m); dtheta (rad, axis-angle)] (base frame; the rotation applied on the left) and
+    take the DLS joint step (n,) rad toward it. Returns ``(p_des', r_des', dq)``."""
+    p_new = p_des + inc[:3]
+    r_new = rotvec_matrix(inc[3], inc[4], inc[5]) @ r_des
+    dq = ik_step(q, p_new, r_new, True, damping, before_r, before_p, axes, prismatic, ee_local, ee_group, ee_r)
+    return p_new, r_new, dq
+
+
+@njit(cache=True)
+def points_speed(q, dq, before_r, before_p, axes, prismatic, pt_local, pt_group, ee_r):  # noqa: ANN001, ANN201
+    """Positions (P, 3) m of the points (row 0: the EE) and the EE's linear speed ``|J_v dq|``
+    (m/s) for joint velocities ``dq`` (n,) rad/s."""
+    points, jac, _, _ = kinematics_all(q, before_r, before_p, axes, prismatic, pt_local, pt_group, ee_r)
+    v = jac[0] @ dq
+    return points, math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,14 +248,17 @@ class ProxyRenderer:
 
 
 def rotvec_matrix(rotvec: np.ndarray) -> np.ndarray:
-    """Rotation matrix (3, 3) of an axis-angle vector (rad), Rodrigues' formula."""
-    v = np.asarray(rotvec, dtype=float)
-    angle = float(np.linalg.norm(v))
+    """Rotation matrix (3, 3) of an axis-angle vector (rad), Rodrigues' formula (written out on
+    floats: the twin's controller calls it every policy step)."""
+    x, y, z = (float(c) for c in rotvec)
+    angle = math.sqrt(x * x + y * y + z * z)
     if angle < 1e-12:
         return np.eye(3)
-    k = v / angle
-    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * kx + (1.0 - np.cos(angle)) * (kx @ kx)
+    x, y, z = x / angle, y / angle, z / angle
+    s, c = math.sin(angle), 1.0 - math.cos(angle)
+    return np.array([[1.0 - c * (y * y + z * z), -s * z + c * x * y, s * y + c * x * z],
+                     [s * z + c * x * y, 1.0 - c * (x * x + z * z), -s * x + c * y * z],
+                     [-s * y + c * x * z, s * x + c * y * z, 1.0 - c * (x * x + y * y)]])
 
 
 def quat_from_matrix(rot: np.ndarray) -> np.ndarray:

@@ -58,7 +58,6 @@ class World:
         p.setPhysicsEngineParameter(deterministicOverlappingPairs=1, physicsClientId=c)
         self.base_T = robot.base.matrix()
         self._base_identity = bool(np.allclose(self.base_T[:3, :3], np.eye(3)))
-        self._keepout_world: list[tuple[list[float], list[float]]] | None = None
         self.robot = p.loadURDF(str(robot.urdf), robot.base.xyz, p.getQuaternionFromEuler(robot.base.rpy),
                                 useFixedBase=True, flags=p.URDF_USE_INERTIA_FROM_FILE, physicsClientId=c)
         index = {p.getJointInfo(self.robot, i, physicsClientId=c)[1].decode(): i
@@ -133,12 +132,16 @@ class World:
         return hit
 
     def gripper_opening(self) -> float:
-        """Gripper opening in [0, 1] (0 closed, 1 open); 0 without a gripper."""
+        """Gripper opening in [0, 1] (0 closed, 1 open); 0 without a gripper (cached like
+        :meth:`joint_state`)."""
         g = self.scene.robot.gripper
         if not g:
             return 0.0
-        pos = p.getJointState(self.robot, self.gripper_ids[0], physicsClientId=self.client)[0]
-        return float(np.clip((pos - g.closed) / (g.open - g.closed), 0.0, 1.0))
+        hit = self._cache.get(("gripper",))
+        if hit is None:
+            pos = p.getJointState(self.robot, self.gripper_ids[0], physicsClientId=self.client)[0]
+            hit = self._cache[("gripper",)] = min(max((pos - g.closed) / (g.open - g.closed), 0.0), 1.0)
+        return hit
 
     def set_gripper(self, command: float) -> None:
         """Drive the fingers to ``closed + (command + 1) / 2 * (open - closed)`` (m)."""
@@ -193,28 +196,6 @@ class World:
             rot.setflags(write=False)
             hit = self._cache[("ee",)] = (pos, rot)
         return hit
-
-    def robot_near_keepout(self, margin: float) -> bool:
-        """Broad phase: does any robot link AABB overlap a keep-out box grown by ``margin`` (m)?"""
-        if self._keepout_world is None:
-            boxes = []
-            for box in self.spec.keepout:
-                corners = np.array([[x, y, z] for x in (box.lo[0], box.hi[0]) for y in (box.lo[1], box.hi[1])
-                                    for z in (box.lo[2], box.hi[2])]) @ self.base_T[:3, :3].T + self.base_T[:3, 3]
-                boxes.append(((corners.min(axis=0) - margin).tolist(), (corners.max(axis=0) + margin).tolist()))
-            self._keepout_world = boxes
-        for lo, hi in self._keepout_world:
-            hits = p.getOverlappingObjects(lo, hi, physicsClientId=self.client) or ()
-            if any(body == self.robot for body, _ in hits):
-                return True
-        return False
-
-    def ee_point_velocity(self) -> tuple[np.ndarray, float]:
-        """EE position (m, base frame) and linear speed (m/s), measured by pybullet."""
-        st = p.getLinkState(self.robot, self.ee_index, computeLinkVelocity=1, computeForwardKinematics=1,
-                            physicsClientId=self.client)
-        pos = self.base_T[:3, :3].T @ (np.asarray(st[4]) - self.base_T[:3, 3])
-        return pos, float(np.linalg.norm(st[6]))
 
     def privileged(self) -> np.ndarray:
         """float32 state for asymmetric critics (base frame): EE position (3) and the first two

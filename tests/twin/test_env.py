@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pybullet as p
 import pytest
 from gymnasium.utils.env_checker import check_env
 
@@ -84,6 +85,30 @@ def test_slow_motion_has_no_speed_cost(reach: TwinEnv) -> None:
     infos = [reach.step(np.array([0.3, 0, 0, 0, 0, 0, -1], np.float32))[4] for _ in range(5)]
     assert all(i["costs"]["ee_speed"] == 0.0 for i in infos)
     assert all(i["cost"] == 0.0 for i in infos)
+
+
+def test_cost_monitor_ee_speed_equals_pybullet_link_velocity(reach: TwinEnv) -> None:
+    """The EE point and speed the costs check (kinematics of the measured joint state, |J_v dq|)
+    are pybullet's own EE link position and linear velocity."""
+    reach.reset(seed=0)
+    w, rng = reach.world, np.random.default_rng(1)
+    for _ in range(15):
+        reach.step(rng.uniform(-1, 1, 7).astype(np.float32))
+        q, dq = w.joint_state()
+        ee, _, speed = reach.kin.points_speed(q, dq)
+        st = p.getLinkState(w.robot, w.ee_index, computeLinkVelocity=1, computeForwardKinematics=1,
+                            physicsClientId=w.client)
+        rot, origin = w.base_T[:3, :3], w.base_T[:3, 3]
+        np.testing.assert_allclose(ee, rot.T @ (np.asarray(st[4]) - origin), atol=1e-6)  # float32 inside
+        assert speed == pytest.approx(float(np.linalg.norm(st[6])), rel=1e-9, abs=1e-12)
+
+
+def test_non_finite_ik_command_brakes(reach: TwinEnv) -> None:
+    """Fail closed in the twin's controller: a non-finite IK command is never applied."""
+    reach.reset(seed=0)
+    dq = np.full(reach.world.n_joints, 0.5)
+    applied = reach._filtered(np.zeros_like(dq), dq, np.full_like(dq, np.nan), 0.01)
+    np.testing.assert_array_equal(applied, reach.brake(dq, 0.01))
 
 
 def test_collision_cost_when_driving_into_glass(reach: TwinEnv) -> None:
