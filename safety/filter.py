@@ -128,13 +128,12 @@ class FilterProblem:
     needed: np.ndarray | None = None
     """Indices of the rows of ``G u <= b`` that the bounds do not imply (the rest cannot bind,
     see ``filter_kernels.needed_rows``); None: all rows."""
+    solver_qp: QPProblem | None = None
+    """``qp`` with only the ``needed`` rows, as assembled; None: ``qp``."""
 
     def reduced(self) -> QPProblem:
         """The QP the solver sees: only the ``needed`` rows (same feasible set and solution)."""
-        qp = self.qp
-        if self.needed is None or self.needed.size == qp.G.shape[0]:
-            return qp
-        return QPProblem(A=qp.A, c=qp.c, G=qp.G[self.needed], b=qp.b[self.needed], lb=qp.lb, ub=qp.ub)
+        return self.qp if self.solver_qp is None else self.solver_qp
 
 
 class SafetyFilter:
@@ -173,6 +172,8 @@ class SafetyFilter:
         self._last_brake: str | None = None
         self._kin_all = _combined_kinematics(robot_model, spec)
         self._point_rows = np.concatenate([[0], 1 + np.asarray(self.moving, int)])
+        self._eye = np.eye(self.n)
+        self._eye.flags.writeable = False
 
     @classmethod
     def from_spec(cls, spec: SafetySpec, robot_model: RobotModel, dt: float, **kwargs: object
@@ -216,7 +217,7 @@ class SafetyFilter:
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
         """Least-squares objective ``(A, c)``, its unconstrained optimum, and a degeneracy reason."""
         if nominal.kind == "joint":
-            return np.eye(self.n), value, value, None
+            return self._eye, value, value, None
         sv = np.linalg.svd(jac6, compute_uv=False)
         reg = math.sqrt(self.spec.filter.regularization)
         A = np.vstack([jac6, reg * np.eye(self.n)])
@@ -255,16 +256,18 @@ class SafetyFilter:
             jac = np.concatenate([jac6[None, :3], np.asarray(sjac, float)[self.moving]])
         A, c, free, reason = self._objective(nominal, value, jac6)
         t = self.tables
-        lb, ub, lows, highs, G, b, h, min_barrier, degenerate, needed = fk.assemble(
+        lb, ub, lows, highs, G, b, h, min_barrier, degenerate, finite, needed, G_needed, b_needed = fk.assemble(
             t.jt, t.sc, t.ee_normals, t.ws, t.keep_lo, t.keep_hi, obs.centers, obs.half,
             np.ascontiguousarray(p), r, np.ascontiguousarray(jac), np.ascontiguousarray(jac6[:3]), q, dq,
             rows.DEGENERATE_ROW_NORM)
-        if degenerate or not math.isfinite(float(G.sum() + b.sum() + A.sum() + free.sum())):
+        if nominal.kind == "twist":
+            finite = finite and math.isfinite(float(A.sum() + free.sum()))
+        if degenerate or not finite:
             reason = reason or "degenerate"
         qp = QPProblem(A=A, c=c, G=G, b=b, lb=lb, ub=ub)
         return FilterProblem(qp=qp, row_names=self._row_names(obs), barrier=h, lows=lows, highs=highs,
                              free=free, min_barrier=min_barrier, reason=reason, points=self.points,
-                             needed=needed)
+                             needed=needed, solver_qp=QPProblem(A=A, c=c, G=G_needed, b=b_needed, lb=lb, ub=ub))
 
     # ----------------------------------------------------------------------------- certify
     def certify(self, state: FilterState, nominal: Nominal) -> tuple[np.ndarray, FilterReport]:

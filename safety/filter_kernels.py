@@ -192,11 +192,12 @@ def assemble(jt, sc, ee_normals, ws, keep_lo, keep_hi, centers, half, p, r, jac,
              degenerate_norm):  # noqa: ANN001, ANN201
     """The whole constraint set of one ``certify`` call.
 
-    Returns ``(lb, ub, lows, highs, G, b, h, min_barrier, degenerate, needed)``: the simple
-    bounds and their candidates (``joint_bounds``), the Cartesian rows with the sampled-data
-    margin and the B9 state margin applied, the smallest barrier value (rad or m), whether a row
-    that must move the state (``b < 0``) has a gradient below ``degenerate_norm`` (no control
-    authority), and the indices of the rows the bounds do not already imply (:func:`needed_rows`).
+    Returns ``(lb, ub, lows, highs, G, b, h, min_barrier, degenerate, finite, needed, G_needed,
+    b_needed)``: the simple bounds and their candidates (``joint_bounds``), the Cartesian rows
+    with the sampled-data margin and the B9 state margin applied, the smallest barrier value (rad
+    or m), whether a row that must move the state (``b < 0``) has a gradient below
+    ``degenerate_norm`` (no control authority), whether every entry of ``G`` and ``b`` is
+    finite, and the rows the bounds do not already imply (:func:`needed_rows`) with their data.
     """
     lb, ub, lows, highs = joint_bounds(jt, sc, q, dq)
     margin = fk_margin(sc[LIPSCHITZ], lb, ub, sc[DT])
@@ -208,14 +209,21 @@ def assemble(jt, sc, ee_normals, ws, keep_lo, keep_hi, centers, half, p, r, jac,
     for j in range(q.shape[0]):
         min_barrier = min(min_barrier, q[j] - jt[LOWER, j], jt[UPPER, j] - q[j])
     degenerate = False
-    for row in range(ee_normals.shape[0], G.shape[0]):
-        min_barrier = min(min_barrier, h[row])
-        if b[row] < 0.0:
-            sq = 0.0
-            for j in range(G.shape[1]):
-                sq += G[row, j] * G[row, j]
-            degenerate = degenerate or sq < degenerate_norm * degenerate_norm
-    return lb, ub, lows, highs, G, b, h, min_barrier, degenerate, needed_rows(G, b, lb, ub)
+    total = 0.0
+    for row in range(G.shape[0]):
+        sq = 0.0
+        for j in range(G.shape[1]):
+            sq += G[row, j] * G[row, j]
+        total += sq + b[row]
+        if row >= ee_normals.shape[0]:
+            min_barrier = min(min_barrier, h[row])
+        degenerate = degenerate or (b[row] < 0.0 and sq < degenerate_norm * degenerate_norm)
+    needed = needed_rows(G, b, lb, ub)
+    G_needed, b_needed = np.empty((needed.shape[0], G.shape[1])), np.empty(needed.shape[0])
+    for k in range(needed.shape[0]):
+        G_needed[k] = G[needed[k]]
+        b_needed[k] = b[needed[k]]
+    return lb, ub, lows, highs, G, b, h, min_barrier, degenerate, math.isfinite(total), needed, G_needed, b_needed
 
 
 @njit(cache=True)
