@@ -201,7 +201,7 @@ class TwinEnv(gym.Env):
         """The command to apply: the filter's output exactly, or :meth:`brake` on a filter fault
         or a non-finite IK command (a state the controller cannot track)."""
         qd = nominal
-        if not math.isfinite(float(nominal.sum())):
+        if not math.isfinite(float(nominal @ nominal)):
             logger.warning("non-finite IK command at q=%s; braking", q.tolist())
             qd = self.brake(dq, dt)
         elif self.command_filter is not None:
