@@ -174,6 +174,21 @@ class SafetyFilter:
         self._point_rows = np.concatenate([[0], 1 + np.asarray(self.moving, int)])
         self._eye = np.eye(self.n)
         self._eye.flags.writeable = False
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run the whole assembly, solve and verification once at the joint-range centre, so the
+        compiled kernels are loaded (or, the first time after an install, compiled) here and not
+        inside the first control period: a cold load takes about 0.3 s, a compile seconds."""
+        q = (self.limits.lower + self.limits.upper) / 2.0
+        zero = np.zeros(self.n)
+        try:
+            fp = self._build(q, zero, Nominal.joint(zero), zero, None)
+            result = self.solver(fp.reduced())
+            x = result.x if result.x is not None else zero
+            fk.verify(fp.qp.G, fp.qp.b, fp.qp.lb, fp.qp.ub, np.asarray(x, float), fp.lows, fp.highs, ACTIVE_TOL)
+        except Exception as exc:  # noqa: BLE001 - certify brakes on the same fault; do not refuse here
+            logger.warning("safety filter warm-up at the joint-range centre failed: %s: %s", type(exc).__name__, exc)
 
     @classmethod
     def from_spec(cls, spec: SafetySpec, robot_model: RobotModel, dt: float, **kwargs: object
