@@ -5,8 +5,8 @@ One pybullet DIRECT client per env. A policy step (``control.policy_hz``, 10 Hz)
 substeps each. The action (7,) in [-1, 1] is an end-effector delta in the robot **base**
 frame, (dx, dy, dz, droll, dpitch, dyaw, gripper), scaled by the scene's ``action_pos_m`` (m)
 and ``action_rot_rad`` (rad) per policy step; the low-level controller tracks the
-interpolated EE pose with damped least-squares IK (``Kinematics.ik_step``) and a
-joint-position controller. At every control step the nominal joint velocity (rad/s) passes
+interpolated EE pose with damped least-squares IK (``Kinematics.track``, compiled) and a
+joint-position controller; a non-finite IK command brakes. At every control step the nominal joint velocity (rad/s) passes
 through :attr:`TwinEnv.command_filter` when one is installed: what it returns is applied
 unchanged, and a filter fault (exception, wrong shape, non-finite value) brakes the arm
 instead: the joint velocity decays toward zero within the spec's acceleration limits
@@ -93,7 +93,6 @@ class TwinEnv(gym.Env):
         use_proxy = renderer == "proxy" or (renderer == "auto" and has_meshes(w.client, w.bodies()))
         self.renderer = ProxyRenderer(w.client, w.bodies()) if use_proxy else DirectRenderer(w.client)
         self.costs = CostMonitor(self.safety_spec, w.client, w.robot, w.hazards)
-        # broad phase of the keep-out check: link AABBs grown by the largest sphere radius
         spaces: dict[str, gym.Space] = {}
         if self.images:
             spaces["image"] = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
