@@ -7,7 +7,7 @@ solve, verification against every row), the same problems through the cvxpy refe
 the speed-up, and a B2 adversarial run (trials, feasible solves, violations). When the twin is
 not installed it falls back to the 6-DoF analytic test arm and says so in the output.
 
-    .venv/bin/python benchmarks/bench_filter.py [--trials 5000] [--adversarial-steps 100000]
+    .venv/bin/python benchmarks/bench_filter.py [--timed-calls 5000] [--adversarial-steps 100000]
 
 Prints a table and writes ``benchmarks/results/filter.json`` atomically.
 Targets: p99 <= 250 us, speed-up >= 5x, violations = 0.
@@ -108,16 +108,17 @@ def time_calls(fn, items, desc: str) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=5000, help="certify calls timed")
+    parser.add_argument("--timed-calls", type=int, default=5000, help="certify calls timed")
     parser.add_argument("--cvxpy-trials", type=int, default=300, help="cvxpy reference solves timed")
-    parser.add_argument("--adversarial-steps", type=int, default=100_000, help="B2 steps (0 to skip)")
+    parser.add_argument("--adversarial-steps", type=int, default=100_000,
+                        help="B2 steps (0 to skip); reported as trials / violations")
     parser.add_argument("--dt", type=float, default=0.01, help="control period (s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the adversarial run brakes on purpose; keep quiet
 
     filt, robot = load_filter(args.dt)
-    items = problems(filt, args.trials, args.seed)
+    items = problems(filt, args.timed_calls, args.seed)
     for item in items[:200]:
         filt.certify(*item)  # warm-up
     fast = time_calls(filt.certify, items, "certify (DAQP)")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     result: dict[str, object] = {
         "robot": robot, "dt_s": args.dt, "n_joints": filt.n, "constraint_rows": rows,
         "bound_rows": 2 * filt.n, "solver_rows_p50": float(np.percentile(solver_rows, 50)),
-        "solver_rows_max": int(max(solver_rows)), "trials": args.trials,
+        "solver_rows_max": int(max(solver_rows)), "timed_calls": args.timed_calls,
         "p50_us": float(np.percentile(fast, 50)), "p99_us": float(np.percentile(fast, 99)),
         "max_us": float(fast.max()), "cvxpy_trials": len(sub),
         "cvxpy_p50_us": float(np.percentile(slow, 50)),
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     if args.adversarial_steps:
         stats = adversarial_run(filt, args.adversarial_steps, seed=args.seed + 1, progress=True)
-        result.update(adversarial_trials=stats.trials, adversarial_feasible=stats.feasible,
+        result.update(trials=stats.trials, adversarial_feasible=stats.feasible,
                       violations=stats.violations, brakes=stats.brakes,
                       brake_deeper_than_nominal=stats.deeper)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
