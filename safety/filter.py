@@ -179,7 +179,8 @@ class SafetyFilter:
     def _warm_up(self) -> None:
         """Run the whole assembly, solve and verification once at the joint-range centre, so the
         compiled kernels are loaded (or, the first time after an install, compiled) here and not
-        inside the first control period: a cold load takes about 0.3 s, a compile seconds."""
+        inside the first control period, where loading the cached machine code (or compiling it)
+        would stall the loop past the bus watchdog."""
         q = (self.limits.lower + self.limits.upper) / 2.0
         zero = np.zeros(self.n)
         try:
@@ -327,7 +328,7 @@ class SafetyFilter:
             return self._braked(dq, "nonfinite_output", fp.free, fp.min_barrier, solve_time=elapsed)
         qp = fp.qp
         slack, rows_on, bounds_on = fk.verify(qp.G, qp.b, qp.lb, qp.ub, x, fp.lows, fp.highs, ACTIVE_TOL)
-        if slack > self.spec.filter.slack_tolerance:
+        if not slack <= self.spec.filter.slack_tolerance:  # NaN brakes too
             return self._braked(dq, "slack", fp.free, fp.min_barrier, slack=slack, solve_time=elapsed)
         self._last_brake = None
         report = FilterReport(feasible=True, reason="ok", slack=slack,

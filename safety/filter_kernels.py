@@ -250,7 +250,8 @@ def needed_rows(G, b, lb, ub):  # noqa: ANN001, ANN201
 def verify(G, b, lb, ub, x, lows, highs, active_tol):  # noqa: ANN001, ANN201
     """Check a solver output ``x`` against every row and bound (not only those it was given).
 
-    Returns ``(slack, rows, bounds)``: the largest violation (rad/s or m/s, 0.0 when all hold),
+    Returns ``(slack, rows, bounds)``: the largest violation (rad/s or m/s, 0.0 when all hold;
+    inf when any residual is NaN, so a NaN never reads as "no violation"),
     the indices of the rows within ``active_tol * (1 + |b|)`` of their bound, and ``(k, 3)``
     int rows ``(side, joint, source)`` for the active simple bounds (side 0 lower, 1 upper;
     source: the index in ``JOINT_SOURCES`` of the candidate that set the bound).
@@ -264,14 +265,17 @@ def verify(G, b, lb, ub, x, lows, highs, active_tol):  # noqa: ANN001, ANN201
         for j in range(n):
             s += G[i, j] * x[j]
         residual = b[i] - s
-        slack = max(slack, -residual)
+        if not -residual <= slack:
+            slack = -residual if residual == residual else math.inf
         if residual <= active_tol * (1.0 + abs(b[i])):
             rows[count] = i
             count += 1
     bounds = np.empty((2 * n, 3), dtype=np.int64)
     nb = 0
     for j in range(n):
-        slack = max(slack, lb[j] - x[j], x[j] - ub[j])
+        for over in (lb[j] - x[j], x[j] - ub[j]):
+            if not over <= slack:
+                slack = over if over == over else math.inf
         if x[j] - lb[j] <= active_tol * (1.0 + abs(lb[j])):
             bounds[nb, 0], bounds[nb, 1], bounds[nb, 2] = 0, j, np.argmax(lows[:, j])
             nb += 1

@@ -151,13 +151,6 @@ class KernelTables:
             arr.flags.writeable = False
         return cls(*arrays)
 
-    def unseen_motion(self, dq: np.ndarray) -> np.ndarray | None:
-        """How far (rad) each joint may be from its measured position when the command acts:
-        ``position_noise + |dq| delay + a_max delay^2 / 2`` (B9), or None when both are zero."""
-        if not self.sc[fk.HAS_UNSEEN]:
-            return None
-        return self.jt[fk.UNSEEN] + np.abs(dq) * self.sc[fk.DELAY]
-
 
 def joint_bounds(t: KernelTables, q: np.ndarray, dq: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -173,7 +166,8 @@ def joint_bounds(t: KernelTables, q: np.ndarray, dq: np.ndarray
     ``u <= -a dt + sqrt(a^2 dt^2 + 2 a (h - h_star / 2))`` for ``h = upper - q`` (mirrored at
     ``lower``). Outside the range (``h < 0``, scenario B6) the joint must move back, the return
     speed ramping up by at most ``a dt`` per step (never deeper). With state uncertainty (B9)
-    ``h`` is first reduced by :meth:`KernelTables.unseen_motion`. Units: rad, rad/s, rad/s^2.
+    ``h`` is first reduced by the unseen motion ``position_noise + |dq| delay + a delay^2 / 2``.
+    Units: rad, rad/s, rad/s^2.
     """
     return fk.joint_bounds(t.jt, t.sc, np.asarray(q, float), np.asarray(dq, float))
 

@@ -4,7 +4,7 @@ Observation batches are dicts of numpy arrays (the twin's observation, batched):
 
 * ``image``: uint8 (B, 64, 64, 3), front camera; optional ``wrist_image`` of the same shape;
 * ``proprio``: float32 (B, P), the robot's proprioception as the twin defines it: joint positions
-  (rad), joint velocities (rad/s) and the gripper opening (m), ``P = 2 n + 1``;
+  (rad), joint velocities (rad/s) and the gripper opening in [0, 1], ``P = 2 n + 1``;
 * ``instruction``: sequence of B strings;
 * ``privileged`` (values only): float32 (B, D), the twin's privileged state (``info["privileged"]``).
 

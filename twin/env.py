@@ -6,8 +6,8 @@ substeps each. The action (7,) in [-1, 1] is an end-effector delta in the robot 
 frame, (dx, dy, dz, droll, dpitch, dyaw, gripper), scaled by the scene's ``action_pos_m`` (m)
 and ``action_rot_rad`` (rad) per policy step; the low-level controller tracks the
 interpolated EE pose with damped least-squares IK (``Kinematics.track``, compiled) and a
-joint-position controller; a non-finite IK command brakes. At every control step the nominal joint velocity (rad/s) passes
-through :attr:`TwinEnv.command_filter` when one is installed: what it returns is applied
+joint-position controller; a non-finite IK command brakes. At every control step the nominal
+joint velocity (rad/s) passes through :attr:`TwinEnv.command_filter` when one is installed: what it returns is applied
 unchanged, and a filter fault (exception, wrong shape, non-finite value) brakes the arm
 instead: the joint velocity decays toward zero within the spec's acceleration limits
 (:meth:`TwinEnv.brake`), as the real stack's filter does. A non-finite action is replaced by "hold" (zero delta).
@@ -179,8 +179,9 @@ class TwinEnv(gym.Env):
         w, ctrl = self.world, self.scene.control
         w.invalidate()  # the simulation may have been changed from outside since the last read
         n_ctrl, dt = w.control_steps, w.control_dt
-        inc = np.concatenate([action[:3] * ctrl.action_pos_m, action[3:6] * ctrl.action_rot_rad]) / n_ctrl
-        self._increments.extend(inc.astype(np.float64) for _ in range(n_ctrl))
+        inc = (np.concatenate([action[:3] * ctrl.action_pos_m, action[3:6] * ctrl.action_rot_rad]) / n_ctrl
+               ).astype(np.float64)
+        self._increments.extend(inc for _ in range(n_ctrl))
         w.set_gripper(float(action[6]))
         q, dq = w.joint_state()
         p_des, r_des = self.kin.ee_pose(q)

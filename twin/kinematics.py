@@ -136,7 +136,6 @@ class Kinematics:
         self._axes = np.array([model.joints[name].axis for name in self.joint_names], dtype=float)
         self._build_spheres(primitives)
         self._build_points()
-        self._any_prismatic = bool(self._types.any())
 
     # ------------------------------------------------------------------ construction
     def _value(self, joint: UrdfJoint) -> float:

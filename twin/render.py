@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import pybullet as p
+
+from safetwin.twin import kinematics_kernels as kk
 
 logger = logging.getLogger(__name__)
 
@@ -248,17 +249,9 @@ class ProxyRenderer:
 
 
 def rotvec_matrix(rotvec: np.ndarray) -> np.ndarray:
-    """Rotation matrix (3, 3) of an axis-angle vector (rad), Rodrigues' formula (written out on
-    floats: the twin's controller calls it every policy step)."""
+    """Rotation matrix (3, 3) of an axis-angle vector (rad), Rodrigues' formula."""
     x, y, z = (float(c) for c in rotvec)
-    angle = math.sqrt(x * x + y * y + z * z)
-    if angle < 1e-12:
-        return np.eye(3)
-    x, y, z = x / angle, y / angle, z / angle
-    s, c = math.sin(angle), 1.0 - math.cos(angle)
-    return np.array([[1.0 - c * (y * y + z * z), -s * z + c * x * y, s * y + c * x * z],
-                     [s * z + c * x * y, 1.0 - c * (x * x + z * z), -s * x + c * y * z],
-                     [-s * y + c * x * z, s * x + c * y * z, 1.0 - c * (x * x + y * y)]])
+    return kk.rotvec_matrix(x, y, z)
 
 
 def quat_from_matrix(rot: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from safetwin.safety import filter_kernels as fk
 from safetwin.safety import filter_rows as rows
 from safetwin.safety.filter import FilterState, Nominal, SafetyFilter
 from safetwin.safety.qp import DaqpSolver
@@ -140,3 +141,11 @@ def test_presolve_drops_only_rows_the_bounds_imply(setup):
         if full.status == "optimal":
             np.testing.assert_allclose(reduced.x, full.x, atol=1e-10)
     assert dropped_total > 0
+
+
+def test_verify_reads_nan_as_a_violation() -> None:
+    """B7 fail-closed: a NaN residual or output never verifies as "no violation" (slack inf)."""
+    G, lb, ub, cand = np.array([[1.0, 0.0]]), -np.ones(2), np.ones(2), np.zeros((4, 2))
+    assert fk.verify(G, np.array([np.nan]), lb, ub, np.zeros(2), cand, cand, 1e-7)[0] == np.inf
+    assert fk.verify(G, np.array([0.5]), lb, ub, np.array([np.nan, 0.0]), cand, cand, 1e-7)[0] == np.inf
+    assert fk.verify(G, np.array([0.5]), lb, ub, np.array([1.0, 2.0]), cand, cand, 1e-7)[0] == 1.0
