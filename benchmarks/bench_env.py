@@ -145,8 +145,8 @@ def interleaved_rates(runners: dict[str, object], steps: int, rounds: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000, help="policy steps per measurement")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved blocks per measurement")
+    parser.add_argument("--steps", type=int, default=2000, help="policy steps per measurement")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved blocks per measurement")
     args = parser.parse_args()
     try:
         import torch

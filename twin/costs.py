@@ -18,6 +18,7 @@ the end-effector position are in the robot **base** frame (m).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,8 @@ class CostMonitor:
     def observe_contacts(self) -> None:
         """Read the robot's contact points after a physics substep (collision and force)."""
         contacts = p.getContactPoints(bodyA=self.robot, physicsClientId=self.client)
+        if not contacts:
+            return
         for c in contacts:
             other = c[2]
             if other == self.robot:
@@ -152,10 +155,11 @@ class TaskReward:
 
     def _distances(self, world: Any) -> tuple[float, float]:
         ee = world.ee_pose()[0]
+        goal = world.goal_position()
         if self.task.success.type == "ee_in_zone":
-            return float(np.linalg.norm(ee - world.goal_position())), 0.0
+            return math.dist(ee, goal), 0.0
         obj = world.object_pose(world.target)[0]
-        return float(np.linalg.norm((obj - world.goal_position())[:2])), float(np.linalg.norm(ee - obj))
+        return math.hypot(obj[0] - goal[0], obj[1] - goal[1]), math.dist(ee, obj)
 
     def success(self, world: Any) -> bool:
         """True when the task's success condition holds."""

@@ -5,8 +5,10 @@ One pybullet DIRECT client per env. A policy step (``control.policy_hz``, 10 Hz)
 substeps each. The action (7,) in [-1, 1] is an end-effector delta in the robot **base**
 frame, (dx, dy, dz, droll, dpitch, dyaw, gripper), scaled by the scene's ``action_pos_m`` (m)
 and ``action_rot_rad`` (rad) per policy step; the low-level controller tracks the
-interpolated EE pose with damped least-squares IK (``Kinematics.track``, compiled) and a
-joint-position controller; a non-finite IK command brakes. At every control step the nominal
+interpolated EE pose with damped least-squares IK and a joint-position controller; a
+non-finite IK command brakes. Each control step's kinematics is one compiled pass
+(``Kinematics.observe_track``): the measured state's EE point, speed and link spheres for the
+costs, and the next IK command. At every control step the nominal
 joint velocity (rad/s) passes through :attr:`TwinEnv.command_filter` when one is installed: what it returns is applied
 unchanged, and a filter fault (exception, wrong shape, non-finite value) brakes the arm
 instead: the joint velocity decays toward zero within the spec's acceleration limits
@@ -46,6 +48,8 @@ CommandFilter = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray
 """``(q (n,) rad, dq (n,) rad/s, qd_nominal (n,) rad/s, dt s) -> qd (n,) rad/s``."""
 
 INSTRUCTION_MAX_LENGTH = 200
+_HOLD = np.zeros(6)
+"""The zero EE increment (6,)."""
 IK_DAMPING = 0.05
 """Damping of the least-squares IK step (see ``Kinematics.ik_step``)."""
 
@@ -183,19 +187,23 @@ class TwinEnv(gym.Env):
                ).astype(np.float64)
         self._increments.extend(inc for _ in range(n_ctrl))
         w.set_gripper(float(action[6]))
-        q, dq = w.joint_state()
-        p_des, r_des = self.kin.ee_pose(q)
-        radii = self.kin.sphere_radii
-        for _ in range(n_ctrl):
-            p_des, r_des, dq_ik = self.kin.track(q, p_des, r_des, self._increments.popleft(), IK_DAMPING)
+        q, dq = w.read_joints()
+        kin, costs, radii, increments = self.kin, self.costs, self.kin.sphere_radii, self._increments
+        p_des, r_des, dq_ik = kin.track_here(q, increments.popleft(), IK_DAMPING)  # from the measured pose
+        for i in range(n_ctrl):
             qd = self._filtered(q, dq, dq_ik / dt, dt)
             w.apply_joint_velocity(q, qd, dt)
             for _ in range(w.substeps):
                 w.step_physics()
-                self.costs.observe_contacts()
-            q, dq = w.joint_state()
-            ee, centers, speed = self.kin.points_speed(q, dq)  # from the measured joint state
-            self.costs.observe_state(q, dq, ee, speed, centers, radii)
+                costs.observe_contacts()
+            q, dq = w.read_joints()
+            # the measured state's EE point, spheres and speed, and the next control step's IK
+            # command from them (the last one's goes unused: the next action starts afresh)
+            k = kin.observe_track(q, dq, p_des, r_des, increments.popleft() if i + 1 < n_ctrl else _HOLD,
+                                  IK_DAMPING)
+            costs.observe_state(q, dq, k.ee_pos, k.speed, k.centers, radii)
+            p_des, r_des, dq_ik = k.p_des, k.r_des, k.dq
+        w.remember_ee_pose(k.ee_pos, k.ee_rot)  # the reward and info read it next
 
     def _filtered(self, q: np.ndarray, dq: np.ndarray, nominal: np.ndarray, dt: float) -> np.ndarray:
         """The command to apply: the filter's output exactly, or :meth:`brake` on a filter fault

@@ -44,6 +44,21 @@ class KinematicsAll(NamedTuple):
     point_jac: np.ndarray
 
 
+class TrackStep(NamedTuple):
+    """One control step of the twin's controller (:meth:`Kinematics.observe_track`), base frame:
+    the measured state's EE position ``ee_pos`` (3,) m, sphere ``centers`` (m, 3) m, EE linear
+    ``speed`` (m/s) and rotation ``ee_rot`` (3, 3); the moved goal ``p_des`` (3,) m, ``r_des``
+    (3, 3); and the DLS joint step ``dq`` (n,) rad toward it."""
+
+    ee_pos: np.ndarray
+    centers: np.ndarray
+    speed: float
+    ee_rot: np.ndarray
+    p_des: np.ndarray
+    r_des: np.ndarray
+    dq: np.ndarray
+
+
 def _transform(xyz: Sequence[float], rpy: Sequence[float]) -> np.ndarray:
     t = np.eye(4)
     t[:3, :3] = rpy_matrix(tuple(rpy))  # type: ignore[arg-type]
@@ -279,12 +294,26 @@ class Kinematics:
         return kk.track(self._checked(q), p_des, r_des, inc, float(damping),
                         *self._tables(self._ee_local, self._ee_group))
 
-    def points_speed(self, q: np.ndarray, dq: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """EE position (3,) m, sphere centres (m, 3) m (base frame) and the EE's linear speed
-        (m/s) at joint positions ``q`` (n,) rad moving at ``dq`` (n,) rad/s."""
-        points, speed = kk.points_speed(self._checked(q), np.asarray(dq, dtype=float),
-                                        *self._tables(self._pt_local, self._pt_group))
-        return points[0], points[1:], speed
+    def track_here(self, q: np.ndarray, inc: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`track` with the goal starting at the EE pose at ``q`` (n,) rad: equal to
+        ``track(q, *ee_pose(q), inc, damping)``, from one kinematics pass."""
+        return kk.track_here(self._checked(q), inc, float(damping), *self._tables(self._ee_local, self._ee_group))
+
+    def points_speed(self, q: np.ndarray, dq: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """EE position (3,) m, sphere centres (m, 3) m, the EE's linear speed (m/s) and the EE
+        rotation (3, 3) (base frame) at joint positions ``q`` (n,) rad moving at ``dq`` (n,) rad/s."""
+        points, speed, rot = kk.points_speed(self._checked(q), np.asarray(dq, dtype=float),
+                                             *self._tables(self._pt_local, self._pt_group))
+        return points[0], points[1:], speed, rot
+
+    def observe_track(self, q: np.ndarray, dq: np.ndarray, p_des: np.ndarray, r_des: np.ndarray, inc: np.ndarray,
+                      damping: float) -> TrackStep:
+        """:meth:`points_speed` at the measured state ``(q, dq)`` and the :meth:`track` step from
+        it, from one kinematics pass (the twin's controller runs this every control step)."""
+        points, speed, rot, p_new, r_new, dq_step = kk.observe_track(
+            self._checked(q), np.asarray(dq, dtype=float), p_des, r_des, inc, float(damping),
+            *self._tables(self._pt_local, self._pt_group))
+        return TrackStep(points[0], points[1:], speed, rot, p_new, r_new, dq_step)
 
     @property
     def sphere_radii(self) -> np.ndarray:

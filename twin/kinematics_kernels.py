@@ -21,6 +21,36 @@ from numba import njit
 
 
 @njit(cache=True)
+def _mul(a, b):  # noqa: ANN001, ANN202
+    """``a @ b`` for (3, 3) matrices, written out (numba's ``@`` calls BLAS: slower at this size)."""
+    out = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
+    return out
+
+
+@njit(cache=True)
+def _mul_t(a, b):  # noqa: ANN001, ANN202
+    """``a @ b.T`` for (3, 3) matrices."""
+    out = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = a[i, 0] * b[j, 0] + a[i, 1] * b[j, 1] + a[i, 2] * b[j, 2]
+    return out
+
+
+@njit(cache=True)
+def _mul_vec(a, x):  # noqa: ANN001, ANN202
+    """``a @ x`` for a matrix (m, n) and a vector (n,)."""
+    out = np.zeros(a.shape[0])
+    for i in range(a.shape[0]):
+        for k in range(a.shape[1]):
+            out[i] += a[i, k] * x[k]
+    return out
+
+
+@njit(cache=True)
 def frames(q, before_r, before_p, axes, prismatic):  # noqa: ANN001, ANN201 - numba kernel
     """Rotations (n, 3, 3), origins (n, 3) and world axes (n, 3) of the frames after each joint."""
     n = q.shape[0]
@@ -108,7 +138,7 @@ def ee_jacobian(point_jac0, z, prismatic):  # noqa: ANN001, ANN201
 @njit(cache=True)
 def pose_error(p, rot, p_goal, rot_goal):  # noqa: ANN001, ANN201
     """The (6,) displacement [p_goal - p (m); axis-angle of rot_goal @ rot^T (rad)]."""
-    r_err = rot_goal @ rot.T
+    r_err = _mul_t(rot_goal, rot)
     cos = min(1.0, max(-1.0, (r_err[0, 0] + r_err[1, 1] + r_err[2, 2] - 1.0) / 2.0))
     angle = math.acos(cos)
     out = np.empty(6)
@@ -135,11 +165,36 @@ def pose_error(p, rot, p_goal, rot_goal):  # noqa: ANN001, ANN201
 
 @njit(cache=True)
 def dls_step(jac, dx, damping):  # noqa: ANN001, ANN201
-    """Damped least squares ``J^T (J J^T + damping^2 I)^-1 dx`` (n,) for ``jac`` (6, n)."""
-    m = jac @ jac.T
-    for i in range(m.shape[0]):
-        m[i, i] += damping * damping
-    return jac.T @ np.linalg.solve(m, dx)
+    """Damped least squares ``J^T (J J^T + damping^2 I)^-1 dx`` (n,) for ``jac`` (6, n).
+
+    ``J J^T + damping^2 I`` is symmetric positive definite (damping > 0): solved by Cholesky,
+    written out (no BLAS/LAPACK call for a 6x6 system)."""
+    rows, n = jac.shape
+    low = np.zeros((rows, rows))  # Cholesky factor of J J^T + damping^2 I
+    for i in range(rows):
+        for j in range(i + 1):
+            acc = damping * damping if i == j else 0.0
+            for k in range(n):
+                acc += jac[i, k] * jac[j, k]
+            for k in range(j):
+                acc -= low[i, k] * low[j, k]
+            low[i, j] = math.sqrt(acc) if i == j else acc / low[j, j]
+    y = np.empty(rows)
+    for i in range(rows):  # forward then back substitution
+        acc = dx[i]
+        for k in range(i):
+            acc -= low[i, k] * y[k]
+        y[i] = acc / low[i, i]
+    for i in range(rows - 1, -1, -1):
+        acc = y[i]
+        for k in range(i + 1, rows):
+            acc -= low[k, i] * y[k]
+        y[i] = acc / low[i, i]
+    out = np.zeros(n)
+    for k in range(n):
+        for i in range(rows):
+            out[k] += jac[i, k] * y[i]
+    return out
 
 
 @njit(cache=True)
@@ -148,7 +203,7 @@ def kinematics_all(q, before_r, before_p, axes, prismatic, pt_local, pt_group, e
     (3, 3); point 0 must be the EE (on the last frame)."""
     rots, origins, z = frames(q, before_r, before_p, axes, prismatic)
     points, jac = points_jacobians(rots, origins, z, prismatic, pt_local, pt_group)
-    return points, jac, ee_jacobian(jac[0], z, prismatic), rots[-1] @ ee_r
+    return points, jac, ee_jacobian(jac[0], z, prismatic), _mul(rots[-1], ee_r)
 
 
 @njit(cache=True)
@@ -183,15 +238,49 @@ def track(q, p_des, r_des, inc, damping, before_r, before_p, axes, prismatic, ee
     = [dp (m); dtheta (rad, axis-angle)] (base frame; the rotation applied on the left) and
     take the DLS joint step (n,) rad toward it. Returns ``(p_des', r_des', dq)``."""
     p_new = p_des + inc[:3]
-    r_new = rotvec_matrix(inc[3], inc[4], inc[5]) @ r_des
+    r_new = _mul(rotvec_matrix(inc[3], inc[4], inc[5]), r_des)
     dq = ik_step(q, p_new, r_new, True, damping, before_r, before_p, axes, prismatic, ee_local, ee_group, ee_r)
     return p_new, r_new, dq
 
 
 @njit(cache=True)
+def track_here(q, inc, damping, before_r, before_p, axes, prismatic, ee_local, ee_group, ee_r):  # noqa: ANN001, ANN201
+    """:func:`track` from the EE pose at ``q`` itself (one kinematics pass instead of two)."""
+    points, jac, ee_jac, rot = kinematics_all(q, before_r, before_p, axes, prismatic, ee_local, ee_group, ee_r)
+    p_new = points[0] + inc[:3]
+    r_new = _mul(rotvec_matrix(inc[3], inc[4], inc[5]), rot)
+    return p_new, r_new, dls_step(ee_jac, pose_error(points[0], rot, p_new, r_new), damping)
+
+
+@njit(cache=True)
 def points_speed(q, dq, before_r, before_p, axes, prismatic, pt_local, pt_group, ee_r):  # noqa: ANN001, ANN201
-    """Positions (P, 3) m of the points (row 0: the EE) and the EE's linear speed ``|J_v dq|``
-    (m/s) for joint velocities ``dq`` (n,) rad/s."""
-    points, jac, _, _ = kinematics_all(q, before_r, before_p, axes, prismatic, pt_local, pt_group, ee_r)
-    v = jac[0] @ dq
-    return points, math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+    """Positions (P, 3) m of the points (row 0: the EE), the EE's linear speed ``|J_v dq|``
+    (m/s) for joint velocities ``dq`` (n,) rad/s, and the EE rotation (3, 3)."""
+    points, jac, _, rot = kinematics_all(q, before_r, before_p, axes, prismatic, pt_local, pt_group, ee_r)
+    v = _mul_vec(jac[0], dq)
+    return points, math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]), rot
+
+
+@njit(cache=True)
+def observe_track(q, dq, p_des, r_des, inc, damping, before_r, before_p, axes, prismatic, pt_local,
+                  pt_group, ee_r):  # noqa: ANN001, ANN201
+    """:func:`points_speed` and :func:`track` at one measured state from one kinematics pass.
+
+    Returns ``(points (P, 3) m, EE speed m/s, EE rotation (3, 3), p_des', r_des', dq (n,) rad)``;
+    point 0 must be the EE. The numbers equal the two kernels' (the EE rows are computed alike).
+    """
+    rots, origins, z = frames(q, before_r, before_p, axes, prismatic)
+    ee, ee_jac3 = points_jacobians(rots, origins, z, prismatic, pt_local[:1], pt_group[:1])
+    points = np.empty((pt_local.shape[0], 3))  # the spheres need positions only, no Jacobians
+    points[0] = ee[0]
+    for i in range(1, pt_local.shape[0]):
+        g = pt_group[i]
+        for a in range(3):
+            points[i, a] = origins[g, a] + rots[g, a, 0] * pt_local[i, 0] + rots[g, a, 1] * pt_local[i, 1] \
+                + rots[g, a, 2] * pt_local[i, 2]
+    v = _mul_vec(ee_jac3[0], dq)
+    rot = _mul(rots[-1], ee_r)
+    p_new = p_des + inc[:3]
+    r_new = _mul(rotvec_matrix(inc[3], inc[4], inc[5]), r_des)
+    dq_step = dls_step(ee_jacobian(ee_jac3[0], z, prismatic), pose_error(points[0], rot, p_new, r_new), damping)
+    return points, math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]), rot, p_new, r_new, dq_step

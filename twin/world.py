@@ -10,6 +10,7 @@ the robot **base** frame (m, rad); pybullet works in the world frame and the sce
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ from safetwin.twin.scene import Scene, SceneObject, load_scene
 
 POSITION_GAIN, VELOCITY_GAIN = 0.3, 1.0
 """Gains of pybullet's joint-position motors (dimensionless, pybullet's convention)."""
+logger = logging.getLogger(__name__)
+
 GRIPPER_FORCE = 20.0
 """N: force of the finger position motors."""
 
@@ -47,6 +50,7 @@ class World:
         except Exception:
             p.disconnect(c)
             raise
+        self._snapshot = p.saveState(physicsClientId=c)
 
     def _build(self) -> None:
         """(Re)create the whole simulation; body ids come out the same every time."""
@@ -58,6 +62,7 @@ class World:
         p.setPhysicsEngineParameter(deterministicOverlappingPairs=1, physicsClientId=c)
         self.base_T = robot.base.matrix()
         self._base_identity = bool(np.allclose(self.base_T[:3, :3], np.eye(3)))
+        self._base_rt, self._base_t = np.ascontiguousarray(self.base_T[:3, :3].T), self.base_T[:3, 3].copy()
         self.robot = p.loadURDF(str(robot.urdf), robot.base.xyz, p.getQuaternionFromEuler(robot.base.rpy),
                                 useFixedBase=True, flags=p.URDF_USE_INERTIA_FROM_FILE, physicsClientId=c)
         index = {p.getJointInfo(self.robot, i, physicsClientId=c)[1].decode(): i
@@ -66,6 +71,7 @@ class World:
         self.joint_ids = [index[name] for name in robot.joint_names]
         self.ee_index = self.link_index[robot.ee_link]
         self.efforts = [max(j.effort, 1.0) for j in robot.joints]
+        self._gains = ([POSITION_GAIN] * len(robot.joints), [VELOCITY_GAIN] * len(robot.joints))
         self.gripper_ids = [index[name] for name in robot.gripper.joints] if robot.gripper else []
         self.n_joints = len(self.joint_ids)
         self.table = _make_body(c, self.scene.table)
@@ -93,7 +99,7 @@ class World:
         """Home the robot and place every object at its (jittered) pose with its sampled
         dynamics and colour."""
         c, robot = self.client, self.scene.robot
-        self._build()  # a fresh simulation: no contact caches or solver state carried over (determinism)
+        self._restore()
         for jid, home in zip(self.joint_ids, robot.home, strict=False):
             p.resetJointState(self.robot, jid, float(home), 0.0, physicsClientId=c)
         p.setJointMotorControlArray(self.robot, self.joint_ids, p.POSITION_CONTROL,
@@ -106,6 +112,30 @@ class World:
         dynamic = {o.name: self.body[o.name] for o in self.scene.objects if o.collides}
         apply_dynamics(c, params, dynamic, {o.name: o.mass for o in self.scene.objects}, self.robot, self.joint_ids)
         self._cache.clear()
+
+    def _restore(self) -> None:
+        """Return the simulation to its state just after it was built (bodies at their nominal
+        poses, at rest, no contacts), so nothing of the last episode carries over (determinism).
+
+        Restores the in-memory snapshot taken after :meth:`_build` (positions, velocities and
+        contact caches; a few ms cheaper per episode than rebuilding). When the snapshot no
+        longer fits (bodies added or removed from outside), it rebuilds and snapshots again.
+        Dynamics, motors and colours are not in the snapshot: :meth:`reset_state` writes all of them.
+        """
+        c = self.client
+        try:
+            # Restoring keeps contact manifolds the snapshot does not know (and their
+            # warm-start impulses): first pull every body apart, far from the others, and let
+            # the broadphase drop all pairs, so no contact of the last episode survives.
+            for i, body in enumerate(self.bodies()):
+                p.resetBasePositionAndOrientation(body, [0.0, 0.0, 1e3 * (i + 1)], [0.0, 0.0, 0.0, 1.0],
+                                                  physicsClientId=c)
+            p.performCollisionDetection(physicsClientId=c)
+            p.restoreState(self._snapshot, physicsClientId=c)
+        except p.error:
+            logger.warning("pybullet snapshot does not fit the simulation any more; rebuilding the world")
+            self._build()
+            self._snapshot = p.saveState(physicsClientId=self.client)
 
     def choose_target(self, rng: np.random.Generator) -> str:
         """Draw the episode's target object and instruction template; return the instruction."""
@@ -124,12 +154,23 @@ class World:
         Reads are cached until the next physics step, :meth:`reset_state` or :meth:`invalidate`."""
         hit = self._cache.get(("joints",))
         if hit is None:
-            states = p.getJointStates(self.robot, self.joint_ids, physicsClientId=self.client)
-            q, dq = np.array([s[0] for s in states]), np.array([s[1] for s in states])
-            q.setflags(write=False)
-            dq.setflags(write=False)
-            hit = self._cache[("joints",)] = (q, dq)
+            self.read_joints()
+            hit = self._cache[("joints",)]
         return hit
+
+    def read_joints(self) -> tuple[np.ndarray, np.ndarray]:
+        """Read the controlled joints now: fresh writable arrays q (rad) and dq (rad/s), which
+        the caller must not modify; :meth:`joint_state` hands out read-only views of them.
+
+        (The env's controller passes these to compiled kernels: numba dispatches writable
+        arrays a few microseconds faster than read-only ones.)"""
+        states = p.getJointStates(self.robot, self.joint_ids, physicsClientId=self.client)
+        q, dq = np.array([s[0] for s in states]), np.array([s[1] for s in states])
+        q_view, dq_view = q.view(), dq.view()
+        q_view.setflags(write=False)
+        dq_view.setflags(write=False)
+        self._cache[("joints",)] = (q_view, dq_view)
+        return q, dq
 
     def gripper_opening(self) -> float:
         """Gripper opening in [0, 1] (0 closed, 1 open); 0 without a gripper (cached like
@@ -157,8 +198,8 @@ class World:
         """Joint-position control toward ``q + qd * dt`` with feed-forward velocity ``qd`` (rad/s)."""
         p.setJointMotorControlArray(self.robot, self.joint_ids, p.POSITION_CONTROL,
                                     targetPositions=(q + qd * dt).tolist(), targetVelocities=qd.tolist(),
-                                    forces=self.efforts, positionGains=[POSITION_GAIN] * self.n_joints,
-                                    velocityGains=[VELOCITY_GAIN] * self.n_joints, physicsClientId=self.client)
+                                    forces=self.efforts, positionGains=self._gains[0],
+                                    velocityGains=self._gains[1], physicsClientId=self.client)
 
     def step_physics(self) -> None:
         """One physics substep (drops the cached state reads)."""
@@ -175,10 +216,10 @@ class World:
     def _read_object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         pos, orn = p.getBasePositionAndOrientation(self.body[name], physicsClientId=self.client)
         if self._base_identity:
-            quat = np.asarray(orn)
+            quat = np.array(orn)
         else:
-            quat = quat_from_matrix(self.base_T[:3, :3].T @ np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3))
-        return self.base_T[:3, :3].T @ (np.asarray(pos) - self.base_T[:3, 3]), quat
+            quat = quat_from_matrix(self._base_rt @ np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3))
+        return self._base_rt @ (np.array(pos) - self._base_t), quat
 
     def object_box(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned bounds (lo, hi) of an object's collision shape (m, base frame)."""
@@ -196,6 +237,14 @@ class World:
             rot.setflags(write=False)
             hit = self._cache[("ee",)] = (pos, rot)
         return hit
+
+    def remember_ee_pose(self, pos: np.ndarray, rot: np.ndarray) -> None:
+        """Cache the EE pose (position (3,) m, rotation (3, 3), base frame) that the caller
+        computed from the present :meth:`joint_state`, so :meth:`ee_pose` does not recompute it."""
+        pos, rot = np.array(pos, dtype=np.float64), np.array(rot, dtype=np.float64)
+        pos.setflags(write=False)
+        rot.setflags(write=False)
+        self._cache[("ee",)] = (pos, rot)
 
     def privileged(self) -> np.ndarray:
         """float32 state for asymmetric critics (base frame): EE position (3) and the first two

@@ -72,6 +72,33 @@ def test_same_seed_same_rollout() -> None:
     other.close()
 
 
+def test_reset_after_an_episode_matches_a_fresh_env() -> None:
+    """A reset restores the simulation from its snapshot instead of rebuilding it: an env that
+    has already pushed objects around must replay a seed bit for bit like a fresh one."""
+    def rollout(env: TwinEnv) -> list:
+        obs, _ = env.reset(seed=21)
+        rng, trace = np.random.default_rng(3), [obs["image"].copy(), obs["proprio"].copy()]
+        for _ in range(8):
+            obs, r, *_, info = env.step(rng.uniform(-1, 1, 7).astype(np.float32))
+            trace += [obs["image"].copy(), obs["proprio"].copy(), r, info["privileged"].copy(), info["cost"]]
+        return trace
+
+    used = TwinEnv("tabletop_push")
+    used.reset(seed=4)
+    pressed = 0.0
+    for _ in range(25):  # drive down onto the table so the solver holds contacts when it resets
+        info = used.step(np.array([0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0], np.float32))[-1]
+        pressed = max(pressed, info["max_contact_force"])
+    assert pressed > 10.0
+    fresh = TwinEnv("tabletop_push")
+    try:
+        for a, b in zip(rollout(fresh), rollout(used), strict=True):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+    finally:
+        fresh.close()
+        used.close()
+
+
 def test_full_speed_action_exceeds_ee_speed_limit(reach: TwinEnv) -> None:
     """Scenario A4 (teleport-like full action): the twin's cost flags the over-speed."""
     reach.reset(seed=0)
@@ -95,11 +122,14 @@ def test_cost_monitor_ee_speed_equals_pybullet_link_velocity(reach: TwinEnv) -> 
     for _ in range(15):
         reach.step(rng.uniform(-1, 1, 7).astype(np.float32))
         q, dq = w.joint_state()
-        ee, _, speed = reach.kin.points_speed(q, dq)
+        ee, _, speed, ee_rot = reach.kin.points_speed(q, dq)
         st = p.getLinkState(w.robot, w.ee_index, computeLinkVelocity=1, computeForwardKinematics=1,
                             physicsClientId=w.client)
         rot, origin = w.base_T[:3, :3], w.base_T[:3, 3]
         np.testing.assert_allclose(ee, rot.T @ (np.asarray(st[4]) - origin), atol=1e-6)  # float32 inside
+        link_rot = np.asarray(p.getMatrixFromQuaternion(st[5])).reshape(3, 3)
+        np.testing.assert_allclose(ee_rot, rot.T @ link_rot, atol=1e-6)
+        np.testing.assert_allclose(ee_rot, reach.kin.ee_pose(q)[1], atol=1e-12)
         assert speed == pytest.approx(float(np.linalg.norm(st[6])), rel=1e-9, abs=1e-12)
 
 

@@ -286,6 +286,24 @@ def test_ik_step_converges_to_a_reachable_pose(robot: str) -> None:
     np.testing.assert_allclose(q2, q, atol=1e-9)
 
 
+@pytest.mark.parametrize("robot", ["vx300s", "panda"])
+def test_fused_controller_kernels_equal_the_separate_ones(robot: str) -> None:
+    """The env's one-pass kernels (``track_here``, ``observe_track``) give the numbers of
+    ``ee_pose`` + ``track`` and ``points_speed`` + ``track``."""
+    kin, rng = _kin(robot), np.random.default_rng(5)
+    home = np.array([j.home for j in load_robot_data(robot).joints])
+    for _ in range(20):
+        q, dq = home + rng.uniform(-0.5, 0.5, home.size), rng.uniform(-1.0, 1.0, home.size)
+        inc = rng.uniform(-0.01, 0.01, 6)
+        for got, want in zip(kin.track_here(q, inc, 0.05), kin.track(q, *kin.ee_pose(q), inc, 0.05), strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        p_des, r_des = kin.ee_pose(home)
+        k = kin.observe_track(q, dq, p_des, r_des, inc, 0.05)
+        ee, centers, speed, ee_rot = kin.points_speed(q, dq)
+        for got, want in zip(k, (ee, centers, speed, ee_rot, *kin.track(q, p_des, r_des, inc, 0.05)), strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
 def test_ik_step_rejects_non_finite_input() -> None:
     """A1: a NaN target never turns into a joint step."""
     kin = _kin("vx300s")
