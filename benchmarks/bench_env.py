@@ -7,7 +7,8 @@ Measures (policy steps per second, tabletop_push with the bundled arm unless nam
 * ``bare_steps_per_s``: the same physics substeps (the arm driven by the image run's recorded
   motor commands) and one render per step, no env code;
 * ``panda_proxy_steps_per_s`` / ``panda_full_mesh_steps_per_s``: ``scenes/panda_reach.yaml``
-  rendered through the primitive proxy and through the Panda's full visual meshes.
+  rendered through the primitive proxy and through the Panda's full visual meshes;
+* ``reset_ms``: one ``reset()`` of the image env (no target; it is in the step rates too).
 
 The runners of a comparison are measured interleaved (``--rounds`` blocks, rotating order) on
 one pinned core, so the machine's drift does not land on one of them.
@@ -143,6 +144,15 @@ def interleaved_rates(runners: dict[str, object], steps: int, rounds: int) -> di
     return {name: block * rounds / spent[name] for name in names}
 
 
+def reset_ms(env: TwinEnv, resets: int) -> float:
+    """Mean milliseconds of ``env.reset()`` (new randomisation, snapshot restore, first image)."""
+    env.reset(seed=1)
+    t0 = time.perf_counter()
+    for _ in range(resets):
+        env.reset()
+    return (time.perf_counter() - t0) / resets * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000, help="policy steps per measurement")
@@ -165,6 +175,7 @@ def main() -> None:
     panda_runners = {"panda_proxy_steps_per_s": _EnvRunner("panda proxy", scene=panda, renderer="proxy"),
                      "panda_full_mesh_steps_per_s": _EnvRunner("panda mesh", scene=panda, renderer="direct")}
     res.update(interleaved_rates(panda_runners, max(n // 4, 20), args.rounds))
+    res["reset_ms"] = reset_ms(runners["image_steps_per_s"].env, max(n // 20, 10))  # type: ignore[attr-defined]
     for runner in (*runners.values(), *panda_runners.values()):
         runner.close()
     res["bare_over_image"] = res["bare_steps_per_s"] / res["image_steps_per_s"]

@@ -94,9 +94,9 @@ def bench_scene(scene: str, args: argparse.Namespace, root: Path) -> dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", nargs="+", default=["reach_avoid", "tabletop_push"])
-    parser.add_argument("--steps", type=int, default=80_000, help="PPO budget (env steps) per run")
+    parser.add_argument("--steps", type=int, default=120_000, help="PPO budget (env steps) per run")
     parser.add_argument("--num-envs", type=int, default=4)
-    parser.add_argument("--demos", type=int, default=30, help="expert demo episodes for BC")
+    parser.add_argument("--demos", type=int, default=90, help="expert demo episodes for BC (tens, not thousands)")
     parser.add_argument("--bc-epochs", type=int, default=30)
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per policy")
     parser.add_argument("--wrist-camera", nargs="*", default=[], metavar="SCENE",

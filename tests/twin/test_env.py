@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import gymnasium as gym
@@ -97,6 +98,26 @@ def test_reset_after_an_episode_matches_a_fresh_env() -> None:
     finally:
         fresh.close()
         used.close()
+
+
+def test_reset_rebuilds_when_bodies_were_added_from_outside(caplog: pytest.LogCaptureFixture) -> None:
+    """The snapshot no longer fits once a body is added: reset warns, rebuilds the scene (the
+    stray body gone) and starts the episode exactly like a fresh env."""
+    env, fresh = TwinEnv("tabletop_push"), TwinEnv("tabletop_push")
+    try:
+        env.reset(seed=2)
+        c = env.world.client
+        shape = p.createCollisionShape(p.GEOM_SPHERE, radius=0.05, physicsClientId=c)
+        p.createMultiBody(baseMass=1.0, baseCollisionShapeIndex=shape, basePosition=[0, 0, 2], physicsClientId=c)
+        with caplog.at_level(logging.WARNING, logger="safetwin.twin.world"):
+            obs, _ = env.reset(seed=9)
+        assert "rebuilding" in caplog.text
+        assert p.getNumBodies(physicsClientId=c) == len(env.world.bodies())
+        want, _ = fresh.reset(seed=9)
+        assert np.array_equal(obs["image"], want["image"]) and np.array_equal(obs["proprio"], want["proprio"])
+    finally:
+        env.close()
+        fresh.close()
 
 
 def test_full_speed_action_exceeds_ee_speed_limit(reach: TwinEnv) -> None:
