@@ -176,10 +176,16 @@ class BusEmulator:
             self.error = exc
 
     def _flush_outbox(self) -> None:
+        """Write every reply that is due, in one write: bytes due together reach the port
+        together, as on a real bus (separate writes let the reader wake between a reply and
+        its injected duplicate, which made C5 timing-dependent under CPU load)."""
         now = time.monotonic()
+        due = []
         while self._outbox and self._outbox[0][0] <= now:
-            _, _, data = heapq.heappop(self._outbox)
-            os.write(self._master, data)
+            due.append(heapq.heappop(self._outbox)[2])
+        pending = memoryview(b"".join(due))
+        while pending:  # a pty may take fewer bytes than offered
+            pending = pending[os.write(self._master, pending):]
 
     def _reply(self, replies: list[bytes]) -> None:
         now = time.monotonic()
