@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="PPO budget (env steps) of each arm")
     parser.add_argument("--num-envs", type=int, default=4)
     parser.add_argument("--rollout-decisions", type=int, default=64)
-    parser.add_argument("--demos", type=int, default=30, help="expert demo episodes for BC")
+    parser.add_argument("--demos", type=int, default=90, help="expert demo episodes for BC (as bench-train)")
     parser.add_argument("--bc-epochs", type=int, default=30)
     parser.add_argument("--bc-checkpoint", default="", help="reuse this BC policy checkpoint (skips demos + BC)")
     parser.add_argument("--offline-episodes", type=int, default=80, help="critic pre-training episodes")
