@@ -16,7 +16,9 @@ Target (reported, not asserted): ``train_violations_csc <= 0.5 * train_violation
 ``|success_csc - success_lag| <= 0.05``.
 
 Tiny smoke run: ``python benchmarks/bench_safe_explore.py --steps 200 --demos 2 --bc-epochs 1
---offline-episodes 4 --episodes 2 --num-envs 2``.
+--offline-episodes 4 --episodes 2 --num-envs 2``. ``--set KEY=VALUE`` (repeatable) sets a
+``SafeExploreConfig`` field of the csc arm (e.g. ``--set rejection_cost=1.0``); the overrides
+are recorded under ``config.safe_explore`` in the JSON.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from safetwin.safety.runio import atomic_write_json, read_jsonl
+from safetwin.safety.runio import ConfigError, atomic_write_json, config_from_dict, read_jsonl
 from safetwin.train.config import TrainConfig
 from safetwin.train.evaluate import evaluate
 from safetwin.train.run import run_train
@@ -43,8 +46,9 @@ logger = logging.getLogger("bench_safe_explore")
 
 
 def _arm(args: argparse.Namespace, root: Path, bc_ckpt: Path, name: str, safe: bool) -> dict[str, Any]:
-    se = SafeExploreConfig(enabled=safe, offline_episodes=args.offline_episodes,
-                           offline_updates=args.offline_updates, online_updates=args.online_updates)
+    se = config_from_dict(SafeExploreConfig, {
+        **dict(enabled=safe, offline_episodes=args.offline_episodes, offline_updates=args.offline_updates,
+               online_updates=args.online_updates), **(args.safe_explore if safe else {})}, "--set")
     cfg = TrainConfig(scene=args.scene, run_root=str(root), run_id=name, seed=args.seed, total_steps=args.steps,
                       num_envs=args.num_envs, rollout_decisions=args.rollout_decisions,
                       num_minibatches=min(4, args.num_envs * args.rollout_decisions),
@@ -82,6 +86,23 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> a dict (values read as YAML scalars), checked against the config."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    if "enabled" in out:
+        parser.error("--set enabled=...: the arms decide that (lag: off, csc: on)")
+    try:
+        config_from_dict(SafeExploreConfig, out, "--set")
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scene", default="tabletop_push")
@@ -96,8 +117,12 @@ def main() -> None:
     parser.add_argument("--online-updates", type=int, default=100)
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per arm")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a SafeExploreConfig field of the csc arm, e.g. --set perturb_std=0.3 (repeatable)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    args.safe_explore = _overrides(parser, args.overrides)
+    del args.overrides
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     root = ROOT / "runs" / "bench_safe_explore" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
