@@ -14,6 +14,18 @@ from safetwin.safety.runio import ConfigError
 class SafeExploreConfig:
     """Safe exploration after Conservative Safety Critics and Recovery RL (off by default).
 
+    The defaults follow what ``bench-safe-explore`` showed on tabletop_push:
+    - **Offline data.** It comes from the policy's own neighbourhood: no random episodes, half
+      of them clean, a perturbation of 0.3. Random and strongly perturbed rollouts violate at
+      nearly every step, so a critic trained on them calls everything risky and its threshold
+      sits near 1.
+    - **Screening horizon.** H is 5 steps.
+    - **Recovery.** It is regularised toward gentle chunks (``recovery_action_reg`` 1.0). A
+      free recovery added ee-speed and force violations of its own.
+    - **Rejected proposals.** They cost the task policy 3.0 (``rejection_cost``), so it learns
+      to stop proposing what the critic rejects. With 0, screening alone raised the
+      violations above the Lagrangian arm's.
+
     enabled: screen every proposed chunk with the safety critic; recovery acts when none passes.
     offline_episodes: twin episodes collected before PPO to pre-train critic and recovery
         (perturbed-policy and random-policy rollouts under domain randomization).
@@ -50,11 +62,11 @@ class SafeExploreConfig:
 
     enabled: bool = False
     offline_episodes: int = 80
-    random_fraction: float = 0.3
-    clean_fraction: float = 0.25
-    perturb_std: float = 0.5
+    random_fraction: float = 0.0
+    clean_fraction: float = 0.5
+    perturb_std: float = 0.3
     heldout_fraction: float = 0.25
-    horizon_steps: int = 10
+    horizon_steps: int = 5
     target_fnr: float = 0.1
     max_resamples: int = 3
     gamma: float = 0.8
@@ -68,9 +80,9 @@ class SafeExploreConfig:
     offline_updates: int = 600
     online_updates: int = 100
     recovery_lr: float = 3e-4
-    recovery_action_reg: float = 0.1
+    recovery_action_reg: float = 1.0
     replay_capacity: int = 100_000
-    rejection_cost: float = 0.0
+    rejection_cost: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("horizon_steps", "hidden", "n_ood", "batch_size", "replay_capacity"):

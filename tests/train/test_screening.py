@@ -166,7 +166,8 @@ def test_explorer_pretrains_screens_and_records_on_tiny_env(tmp_path) -> None:  
     torch.manual_seed(0)
     policy = CompactVLA(PolicyConfig(proprio_dim=4, privileged_dim=9, chunk_len=2, hidden=32, feat_dim=16))
     cfg = SafeExploreConfig(enabled=True, offline_episodes=8, offline_updates=60, online_updates=5,
-                            batch_size=32, hidden=32, horizon_steps=4, random_fraction=0.5)
+                            batch_size=32, hidden=32, horizon_steps=4, random_fraction=0.5, clean_fraction=0.25,
+                            perturb_std=0.5)  # risky offline data: the tiny env's held-out set needs violations
     explorer = SafeExplorer(cfg, policy, seed=0)
     stats = explorer.pretrain(make_env_fn(TINY_ID, 2, 0.99, {}), policy)
     assert stats["offline_violations"] > 0 and 0.0 <= stats["safety/critic_auc"] <= 1.0
