@@ -286,30 +286,19 @@ class Kinematics:
                              radii=self._sphere_radii.copy(), sphere_jac=point_jac[1:], points=points,
                              point_jac=point_jac)
 
-    def track(self, q: np.ndarray, p_des: np.ndarray, r_des: np.ndarray, inc: np.ndarray, damping: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One step of an EE-delta tracking controller: ``(p_des', r_des', dq)`` with the goal
-        moved by ``inc`` (6,) = [dp (m); dtheta (rad, axis-angle)] (base frame) and ``dq`` (n,)
-        rad the :meth:`ik_step` toward it. Inputs must be finite (the twin's own state)."""
-        return kk.track(self._checked(q), p_des, r_des, inc, float(damping),
-                        *self._tables(self._ee_local, self._ee_group))
-
     def track_here(self, q: np.ndarray, inc: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`track` with the goal starting at the EE pose at ``q`` (n,) rad: equal to
-        ``track(q, *ee_pose(q), inc, damping)``, from one kinematics pass."""
+        """Start of an EE-delta tracking step: the goal is the EE pose at ``q`` (n,) rad moved by
+        ``inc`` (6,) = [dp (m); dtheta (rad, axis-angle, applied on the left)], base frame.
+        Returns ``(p_des, r_des, dq)``, ``dq`` (n,) rad the :meth:`ik_step` toward the goal, from
+        one kinematics pass. Inputs must be finite (the twin's own state)."""
         return kk.track_here(self._checked(q), inc, float(damping), *self._tables(self._ee_local, self._ee_group))
-
-    def points_speed(self, q: np.ndarray, dq: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-        """EE position (3,) m, sphere centres (m, 3) m, the EE's linear speed (m/s) and the EE
-        rotation (3, 3) (base frame) at joint positions ``q`` (n,) rad moving at ``dq`` (n,) rad/s."""
-        points, speed, rot = kk.points_speed(self._checked(q), np.asarray(dq, dtype=float),
-                                             *self._tables(self._pt_local, self._pt_group))
-        return points[0], points[1:], speed, rot
 
     def observe_track(self, q: np.ndarray, dq: np.ndarray, p_des: np.ndarray, r_des: np.ndarray, inc: np.ndarray,
                       damping: float) -> TrackStep:
-        """:meth:`points_speed` at the measured state ``(q, dq)`` and the :meth:`track` step from
-        it, from one kinematics pass (the twin's controller runs this every control step)."""
+        """One control step of the twin's controller from one kinematics pass: at the measured
+        state ``(q, dq)`` (rad, rad/s) the EE pose, sphere centres and EE linear speed ``|J_v dq|``
+        (for the costs), and the tracking step: the goal ``(p_des, r_des)`` moved by ``inc`` (as in
+        :meth:`track_here`) and the :meth:`ik_step` toward it."""
         points, speed, rot, p_new, r_new, dq_step = kk.observe_track(
             self._checked(q), np.asarray(dq, dtype=float), p_des, r_des, inc, float(damping),
             *self._tables(self._pt_local, self._pt_group))

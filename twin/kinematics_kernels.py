@@ -232,20 +232,9 @@ def rotvec_matrix(x, y, z):  # noqa: ANN001, ANN201
 
 
 @njit(cache=True)
-def track(q, p_des, r_des, inc, damping, before_r, before_p, axes, prismatic, ee_local, ee_group,
-          ee_r):  # noqa: ANN001, ANN201
-    """One step of the twin's EE-delta tracking controller: move the desired pose by ``inc`` (6,)
-    = [dp (m); dtheta (rad, axis-angle)] (base frame; the rotation applied on the left) and
-    take the DLS joint step (n,) rad toward it. Returns ``(p_des', r_des', dq)``."""
-    p_new = p_des + inc[:3]
-    r_new = _mul(rotvec_matrix(inc[3], inc[4], inc[5]), r_des)
-    dq = ik_step(q, p_new, r_new, True, damping, before_r, before_p, axes, prismatic, ee_local, ee_group, ee_r)
-    return p_new, r_new, dq
-
-
-@njit(cache=True)
 def track_here(q, inc, damping, before_r, before_p, axes, prismatic, ee_local, ee_group, ee_r):  # noqa: ANN001, ANN201
-    """:func:`track` from the EE pose at ``q`` itself (one kinematics pass instead of two)."""
+    """The tracking step from the EE pose at ``q``: the goal is that pose moved by ``inc`` (6,)
+    = [dp (m); dtheta (rad, axis-angle, applied on the left)]; returns ``(p_des, r_des, dq)``."""
     points, jac, ee_jac, rot = kinematics_all(q, before_r, before_p, axes, prismatic, ee_local, ee_group, ee_r)
     p_new = points[0] + inc[:3]
     r_new = _mul(rotvec_matrix(inc[3], inc[4], inc[5]), rot)
@@ -253,22 +242,12 @@ def track_here(q, inc, damping, before_r, before_p, axes, prismatic, ee_local, e
 
 
 @njit(cache=True)
-def points_speed(q, dq, before_r, before_p, axes, prismatic, pt_local, pt_group, ee_r):  # noqa: ANN001, ANN201
-    """Positions (P, 3) m of the points (row 0: the EE), the EE's linear speed ``|J_v dq|``
-    (m/s) for joint velocities ``dq`` (n,) rad/s, and the EE rotation (3, 3)."""
-    points, jac, _, rot = kinematics_all(q, before_r, before_p, axes, prismatic, pt_local, pt_group, ee_r)
-    v = _mul_vec(jac[0], dq)
-    return points, math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]), rot
-
-
-@njit(cache=True)
 def observe_track(q, dq, p_des, r_des, inc, damping, before_r, before_p, axes, prismatic, pt_local,
                   pt_group, ee_r):  # noqa: ANN001, ANN201
-    """:func:`points_speed` and :func:`track` at one measured state from one kinematics pass.
-
-    Returns ``(points (P, 3) m, EE speed m/s, EE rotation (3, 3), p_des', r_des', dq (n,) rad)``;
-    point 0 must be the EE. The numbers equal the two kernels' (the EE rows are computed alike).
-    """
+    """At one measured state, from one kinematics pass: the points (P, 3) m (row 0: the EE; the
+    spheres need positions only), the EE speed ``|J_v dq|`` (m/s) and rotation, and the tracking
+    step toward ``(p_des, r_des)`` moved by ``inc``. Returns ``(points, speed, rot, p_des',
+    r_des', dq (n,) rad)``."""
     rots, origins, z = frames(q, before_r, before_p, axes, prismatic)
     ee, ee_jac3 = points_jacobians(rots, origins, z, prismatic, pt_local[:1], pt_group[:1])
     points = np.empty((pt_local.shape[0], 3))  # the spheres need positions only, no Jacobians

@@ -23,10 +23,10 @@ from safetwin.twin.randomization import EpisodeRandomization, apply_dynamics, ap
 from safetwin.twin.render import Camera, link_camera, quat_from_matrix
 from safetwin.twin.scene import Scene, SceneObject, load_scene
 
-POSITION_GAIN, VELOCITY_GAIN = 0.3, 1.0
-"""Gains of pybullet's joint-position motors (dimensionless, pybullet's convention)."""
 logger = logging.getLogger(__name__)
 
+POSITION_GAIN, VELOCITY_GAIN = 0.3, 1.0
+"""Gains of pybullet's joint-position motors (dimensionless, pybullet's convention)."""
 GRIPPER_FORCE = 20.0
 """N: force of the finger position motors."""
 

@@ -143,7 +143,8 @@ def test_cost_monitor_ee_speed_equals_pybullet_link_velocity(reach: TwinEnv) -> 
     for _ in range(15):
         reach.step(rng.uniform(-1, 1, 7).astype(np.float32))
         q, dq = w.joint_state()
-        ee, _, speed, ee_rot = reach.kin.points_speed(q, dq)
+        k = reach.kin.observe_track(q, dq, *reach.kin.ee_pose(q), np.zeros(6), 0.05)
+        ee, speed, ee_rot = k.ee_pos, k.speed, k.ee_rot
         st = p.getLinkState(w.robot, w.ee_index, computeLinkVelocity=1, computeForwardKinematics=1,
                             physicsClientId=w.client)
         rot, origin = w.base_T[:3, :3], w.base_T[:3, 3]

@@ -13,6 +13,7 @@ from safetwin.safety.robot_model import RobotModel
 from safetwin.twin.assets import gen_vx300s
 from safetwin.twin.assets.robots import load_robot_data
 from safetwin.twin.kinematics import Kinematics, pose_error, primitive_spheres
+from safetwin.twin.render import rotvec_matrix
 from safetwin.twin.robot import DeviceAlreadyConnectedError, DeviceNotConnectedError, TwinRobot
 from safetwin.twin.scene import load_scene
 
@@ -287,21 +288,26 @@ def test_ik_step_converges_to_a_reachable_pose(robot: str) -> None:
 
 
 @pytest.mark.parametrize("robot", ["vx300s", "panda"])
-def test_fused_controller_kernels_equal_the_separate_ones(robot: str) -> None:
-    """The env's one-pass kernels (``track_here``, ``observe_track``) give the numbers of
-    ``ee_pose`` + ``track`` and ``points_speed`` + ``track``."""
+def test_controller_kernels_equal_the_general_kinematics(robot: str) -> None:
+    """The env's one-pass kernels (``track_here``, ``observe_track``) give the numbers of the
+    general API: ``ee_pose``, ``spheres``, ``|J_v dq|`` and ``ik_step`` toward the moved goal."""
     kin, rng = _kin(robot), np.random.default_rng(5)
     home = np.array([j.home for j in load_robot_data(robot).joints])
     for _ in range(20):
         q, dq = home + rng.uniform(-0.5, 0.5, home.size), rng.uniform(-1.0, 1.0, home.size)
         inc = rng.uniform(-0.01, 0.01, 6)
-        for got, want in zip(kin.track_here(q, inc, 0.05), kin.track(q, *kin.ee_pose(q), inc, 0.05), strict=True):
+        ee_p, ee_r = kin.ee_pose(q)
+        goal_p, goal_r = ee_p + inc[:3], rotvec_matrix(inc[3:]) @ ee_r
+        for got, want in zip(kin.track_here(q, inc, 0.05), (goal_p, goal_r, kin.ik_step(q, goal_p, goal_r, 0.05)),
+                             strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
         p_des, r_des = kin.ee_pose(home)
+        goal_p, goal_r = p_des + inc[:3], rotvec_matrix(inc[3:]) @ r_des
         k = kin.observe_track(q, dq, p_des, r_des, inc, 0.05)
-        ee, centers, speed, ee_rot = kin.points_speed(q, dq)
-        for got, want in zip(k, (ee, centers, speed, ee_rot, *kin.track(q, p_des, r_des, inc, 0.05)), strict=True):
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        want = (ee_p, kin.spheres(q)[0], float(np.linalg.norm(kin.ee_jacobian(q)[:3] @ dq)), ee_r, goal_p, goal_r,
+                kin.ik_step(q, goal_p, goal_r, 0.05))
+        for got, ref in zip(k, want, strict=True):
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
 
 
 def test_ik_step_rejects_non_finite_input() -> None:
