@@ -11,8 +11,11 @@
    screened (resampled up to N times), the recovery policy acts when none passes; the task
    policy learns from what it proposed (Recovery RL), the safety replay records what ran;
 3. :meth:`SafeExplorer.observe` after each vector step: per-env episode assembly into the replay;
-4. :meth:`SafeExplorer.end_iteration` after the PPO update: online critic/recovery updates,
-   re-calibration of epsilon on the (never trained-on) held-out episodes, metrics.
+4. :meth:`SafeExplorer.end_iteration` after the PPO update: a ``heldout_fraction`` share of the
+   finished episodes is withheld from the critic for calibration (the newest
+   ``calibration_window`` of them are kept), the rest go to the replay; online critic/recovery
+   updates; re-calibration of epsilon on the held-out episodes (offline and online, never
+   trained on), so the stated false-negative rate holds on the current policy's chunks; metrics.
 
 Metrics: ``safety/critic_rejections`` and ``safety/recovery_steps`` (this iteration: rejected
 proposals, env steps executed by the recovery policy), ``safety/critic_auc`` (held-out),
@@ -23,6 +26,7 @@ them), ``safety/critic_epsilon``, ``safety/critic_fnr``, ``safety/critic_fpr``.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -69,8 +73,11 @@ class SafeExplorer:
         f = self.featurizer.feature_dim
         critic, recovery = SafetyCritic(f, k * a, cfg.hidden), RecoveryPolicy(f, k * a, cfg.hidden)
         self.learner = SafeExploreLearner(critic, recovery, cfg, seed)
-        self.screen = SafeExploreScreen(critic, recovery, self.featurizer, 0.0, cfg.max_resamples, (k, a))
+        self.screen = SafeExploreScreen(critic, recovery, self.featurizer, 0.0, cfg.max_resamples, (k, a),
+                                        hold_candidate=cfg.recovery_hold)
         self.heldout: list[Episode] = []
+        self.heldout_online: deque[Episode] = deque(maxlen=max(cfg.calibration_window, 1))
+        self._holdout_rng = np.random.default_rng(self.seed + 29)
         self.calibration: Calibration | None = None
         self.tracker: EpisodeTracker | None = None
         self._last: BatchScreen | None = None
@@ -88,7 +95,7 @@ class SafeExplorer:
         screen = load_safe_explore(path)
         if screen.chunk_shape != explorer.screen.chunk_shape:
             raise ValueError(f"{path}: chunk shape {screen.chunk_shape} differs from the policy's")
-        screen.max_resamples = cfg.max_resamples
+        screen.max_resamples, screen.hold_candidate = cfg.max_resamples, cfg.recovery_hold
         explorer.screen, explorer.featurizer = screen, screen.featurize
         explorer.learner = SafeExploreLearner(screen.critic, screen.recovery, cfg, seed)
         explorer.offline_stats = dict(screen.meta.get("offline", {}))
@@ -169,11 +176,14 @@ class SafeExplorer:
         return episodes, total_cost
 
     def recalibrate(self) -> Calibration | None:
-        """Epsilon for ``target_fnr`` on the held-out episodes with the current critic (kept
-        as it is when there are none, after a resume)."""
-        if not self.heldout:
+        """Epsilon for ``target_fnr`` on the held-out episodes (offline, and the newest online
+        ones) with the current critic; kept as it is when there are none (after a resume)."""
+        episodes = self.heldout + list(self.heldout_online)
+        if not episodes:
             return self.calibration
-        scores, labels = episode_scores(self.learner.critic, self.heldout, self.cfg.horizon_steps)
+        scores, labels = episode_scores(self.learner.critic, episodes, self.cfg.horizon_steps)
+        if self.calibration is not None and not labels.any():  # resumed and no violation yet: keep it
+            return self.calibration
         self.calibration = calibrate_epsilon(scores, labels, self.cfg.target_fnr, self.cfg.horizon_steps)
         self.screen.epsilon = self.calibration.epsilon
         self.screen.meta = {**self.screen.meta, "calibration": asdict(self.calibration), "config": asdict(self.cfg)}
@@ -242,8 +252,12 @@ class SafeExplorer:
             if np.isfinite(auc):
                 metrics["safety/critic_auc_online"] = auc
         for ep in self._new_episodes:
-            self.learner.replay.add_episode(ep)
+            if self.cfg.calibration_window > 0 and self._holdout_rng.random() < self.cfg.heldout_fraction:
+                self.heldout_online.append(ep)
+            else:
+                self.learner.replay.add_episode(ep)
         self._new_episodes = []
+        metrics["safety/critic_heldout_online"] = float(len(self.heldout_online) if self.cfg.calibration_window else 0)
         metrics.update(self.learner.update(self.cfg.online_updates))
         self.recalibrate()
         metrics.update(self.calibration_metrics())

@@ -35,7 +35,13 @@ class SafeExploreConfig:
         own mean chunk with no perturbation: the safe side of the data.
     perturb_std: std of the perturbation added to the policy's chunk in offline episodes
         (action units, the chunk is clipped to [-1, 1] afterwards).
-    heldout_fraction: share of the offline episodes kept out of training for calibration/AUC.
+    heldout_fraction: share of the offline episodes, and of the finished training episodes, kept
+        out of the critic's training for calibration and the AUC.
+    calibration_window: the newest held-out training episodes that epsilon is calibrated on,
+        together with the offline held-out ones (0: offline held-out only). The screen judges
+        the current policy's chunks, so the stated false-negative rate must hold on them: a
+        threshold fitted on the offline data alone drifted up (0.80 -> 0.88) and let the
+        policy's own violations through (``bench-safe-explore``).
     horizon_steps: H: a held-out transition is positive when a violation (cost > 0) happens
         within the next H env steps (its own chunk included).
     target_fnr: calibrated false-negative rate: the share of held-out positives whose Q_C is
@@ -55,6 +61,8 @@ class SafeExploreConfig:
     online_updates: gradient steps after every PPO iteration.
     recovery_lr: Adam learning rate of the recovery policy.
     recovery_action_reg: weight of an L2 penalty on the recovery chunk (prefers gentle moves).
+    recovery_hold: score a hold chunk (no end-effector motion) next to the recovery policy's chunk
+        and execute the one with the lower Q_C (see :mod:`safetwin.train.screening`).
     replay_capacity: decisions kept in the safety replay buffer (oldest dropped first).
     rejection_cost: extra cost given to the task policy's transition when its proposal was
         rejected (0: the task policy learns from its proposals as in Recovery RL).
@@ -66,6 +74,7 @@ class SafeExploreConfig:
     clean_fraction: float = 0.5
     perturb_std: float = 0.3
     heldout_fraction: float = 0.25
+    calibration_window: int = 40
     horizon_steps: int = 5
     target_fnr: float = 0.1
     max_resamples: int = 3
@@ -81,6 +90,7 @@ class SafeExploreConfig:
     online_updates: int = 100
     recovery_lr: float = 3e-4
     recovery_action_reg: float = 1.0
+    recovery_hold: bool = False
     replay_capacity: int = 100_000
     rejection_cost: float = 3.0
 
@@ -88,7 +98,7 @@ class SafeExploreConfig:
         for name in ("horizon_steps", "hidden", "n_ood", "batch_size", "replay_capacity"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.safe_explore.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("offline_episodes", "max_resamples", "offline_updates", "online_updates",
+        for name in ("offline_episodes", "calibration_window", "max_resamples", "offline_updates", "online_updates",
                      "cql_alpha", "recovery_action_reg", "critic_weight_decay", "rejection_cost", "perturb_std"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.safe_explore.{name} must be >= 0, got {getattr(self, name)}")

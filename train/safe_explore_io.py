@@ -36,6 +36,7 @@ def save_safe_explore(path: str | os.PathLike[str], screen: SafeExploreScreen, *
             "action_dim": screen.critic.action_dim, "hidden": screen.critic.hidden,
             "recovery_hidden": screen.recovery.hidden, "epsilon": screen.epsilon,
             "max_resamples": screen.max_resamples, "chunk_shape": list(screen.chunk_shape),
+            "hold_candidate": screen.hold_candidate,
             "featurizer": feat.meta, "safety_spec_sha256": safety_spec_sha256,
             "extra": {**screen.meta, **dict(extra or {})}}
     return save_tensors(path, tensors, meta)
@@ -80,7 +81,8 @@ def load_safe_explore(checkpoint_path: str | os.PathLike[str], scene: Any = None
         raise CheckpointError(f"{path}: does not fit the safe-explore networks: {exc}") from exc
     chunk = meta["chunk_shape"]
     screen = SafeExploreScreen(critic.eval(), recovery.eval(), featurizer, float(meta["epsilon"]),
-                               int(meta["max_resamples"]), (int(chunk[0]), int(chunk[1])))
+                               int(meta["max_resamples"]), (int(chunk[0]), int(chunk[1])),
+                               hold_candidate=bool(meta.get("hold_candidate", False)))
     screen.meta = dict(meta.get("extra", {}))
     return screen
 

@@ -2,7 +2,11 @@
 
 For each proposal ``a`` of the task policy: accept it when ``Q_C(s, a) <= epsilon``; otherwise
 draw a new proposal, up to ``max_resamples`` times; when none passes, the recovery policy's
-chunk is executed (Recovery RL). Fail closed: a non-finite or failing critic score counts as a
+chunk is executed (Recovery RL). With ``hold_candidate``, a hold chunk (no end-effector motion,
+the last proposal's gripper command) is scored next to the recovery policy's chunk and the one
+with the lower Q_C runs: the hold is the safe prior of a position-controlled arm (the controller
+then tracks the measured pose, so the arm stops and a pressing contact relaxes), and the
+learned recovery must beat it in the critic's eyes to act. Fail closed: a non-finite or failing critic score counts as a
 rejection; a failing proposer goes straight to recovery; when the features or the recovery
 policy fail, a zero chunk (no end-effector motion: hold) is returned with ``info.fault`` set.
 
@@ -86,10 +90,12 @@ class SafeExploreScreen:
         epsilon: reject a chunk when Q_C > epsilon.
         max_resamples: N, extra proposals after the first rejected one.
         chunk_shape: (k, 7).
+        hold_candidate: also score a hold chunk as a recovery candidate (see the module docstring).
     """
 
     def __init__(self, critic: SafetyCritic, recovery: RecoveryPolicy, featurize: Featurizer,
-                 epsilon: float, max_resamples: int, chunk_shape: tuple[int, int]) -> None:
+                 epsilon: float, max_resamples: int, chunk_shape: tuple[int, int],
+                 hold_candidate: bool = False) -> None:
         if critic.feature_dim != recovery.feature_dim or critic.action_dim != recovery.action_dim:
             raise ValueError("SafeExploreScreen: critic and recovery policy sizes differ")
         if int(np.prod(chunk_shape)) != critic.action_dim:
@@ -100,6 +106,7 @@ class SafeExploreScreen:
         self.critic, self.recovery, self.featurize = critic, recovery, featurize
         self.epsilon, self.max_resamples = float(epsilon), int(max_resamples)
         self.chunk_shape = (int(chunk_shape[0]), int(chunk_shape[1]))
+        self.hold_candidate = bool(hold_candidate)
         self.meta: dict[str, Any] = {}
 
     @torch.no_grad()
@@ -108,6 +115,22 @@ class SafeExploreScreen:
         a = torch.as_tensor(np.asarray(chunks, dtype=np.float32)).reshape(feat.shape[0], -1)
         out = self.critic(feat, a).cpu().numpy().astype(np.float64)
         return np.where(np.isfinite(out), out, np.nan)
+
+    def recover(self, feat: torch.Tensor, proposed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Recovery chunks (B, k, 7) and their Q_C (B,) for features (B, F); ``proposed``
+        (B, k, 7) or None gives the hold candidate its gripper command (none: 0). Raises when
+        the recovery policy fails (the caller holds or stops)."""
+        b = feat.shape[0]
+        rec = self.recovery.act(feat).reshape(b, *self.chunk_shape)
+        q_rec = self.q(feat, rec)
+        if not self.hold_candidate:
+            return rec, q_rec
+        hold = np.zeros_like(rec)
+        if proposed is not None:
+            hold[..., 6:] = np.asarray(proposed, dtype=np.float32).reshape(b, *self.chunk_shape)[..., 6:]
+        q_hold = self.q(feat, hold)
+        use_hold = ~(q_rec <= q_hold)  # the hold also wins when the recovery's score is nan
+        return np.where(use_hold[:, None, None], hold, rec), np.where(use_hold, q_hold, q_rec)
 
     def _hold(self, reason: str, q_props: list[float], proposed: np.ndarray | None) -> tuple[np.ndarray, ScreenInfo]:
         logger.error("safe-explore screen: %s; holding (zero chunk)", reason)
@@ -140,10 +163,10 @@ class SafeExploreScreen:
             if repeated:  # a deterministic proposer: resampling cannot help
                 break
         try:
-            rec = self.recovery.act(feat).reshape(self.chunk_shape)
+            recs, q_recs = self.recover(feat, None if proposed is None else proposed[None])
         except Exception as exc:  # noqa: BLE001 - no usable recovery chunk: hold
             return self._hold(f"recovery policy failed: {exc}", q_props, proposed)
-        q_rec = float(self.q(feat, rec[None])[0])
+        rec, q_rec = recs[0], float(q_recs[0])
         logger.info("safe-explore screen: %d proposal(s) rejected (eps %.3f); recovery acts (Q_C %.3f)",
                     len(q_props), self.epsilon, q_rec)
         return rec, ScreenInfo(False, True, "", tuple(q_props), q_rec, self.epsilon, proposed)
@@ -176,6 +199,5 @@ class SafeExploreScreen:
         executed = proposed.copy()
         bad = np.flatnonzero(~accepted)
         if len(bad):
-            executed[bad] = self.recovery.act(feat[bad]).reshape(len(bad), *self.chunk_shape)
-            q[bad] = self.q(feat[bad], executed[bad])
+            executed[bad], q[bad] = self.recover(feat[bad], proposed[bad])
         return BatchScreen(executed, proposed, logp, feat, accepted, ~accepted, rejections, q)

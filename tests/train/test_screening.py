@@ -91,6 +91,38 @@ def test_recovery_acts_and_is_logged_when_nothing_passes(screen: SafeExploreScre
     assert "recovery acts" in caplog.text
 
 
+def test_hold_candidate_runs_when_the_critic_prefers_it(learner: SafeExploreLearner) -> None:
+    """With ``hold_candidate``, a fully rejected decision executes whichever of the recovery
+    chunk and the hold chunk (no motion) has the lower Q_C, on both the single and batch paths;
+    the hold keeps the proposal's gripper command."""
+    screen = SafeExploreScreen(learner.critic, learner.recovery, feat_of, 0.0, 1, (1, 1), hold_candidate=True)
+    xs = np.linspace(-0.5, 0.79, 40).astype(np.float32)
+    feat = torch.as_tensor(xs[:, None])
+    q_rec = screen.q(feat, learner.recovery.act(feat).reshape(-1, 1, 1))
+    q_hold = screen.q(feat, np.zeros((40, 1, 1), np.float32))
+    out = screen.screen_batch({"proprio": xs[:, None], "instruction": ["stay left"] * 40},
+                              lambda o: (np.ones((len(o["proprio"]), 1, 1), np.float32), np.zeros(len(o["proprio"]))))
+    assert out.recovered.all()
+    assert np.allclose(out.q_executed, np.minimum(q_rec, q_hold), atol=1e-6)
+    held = q_hold < q_rec
+    assert held.any() and (~held).any()  # both candidates win somewhere on this line
+    assert np.all(out.executed[held] == 0.0)
+    chunk, info = screen.screen(point(float(xs[held][0])), lambda _o: np.ones((1, 1), np.float32))
+    assert info.recovery and chunk[0, 0] == 0.0 and info.q_executed == pytest.approx(float(q_hold[held][0]), abs=1e-6)
+
+    torch.manual_seed(0)
+    critic, recovery = SafetyCritic(3, 14, 16), RecoveryPolicy(3, 14, 16)
+    screen7 = SafeExploreScreen(critic, recovery, lambda o: torch.as_tensor(o["proprio"]), 0.0, 0, (2, 7),
+                                hold_candidate=True)
+    feat7 = torch.as_tensor(np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32))
+    proposed = np.full((64, 2, 7), 0.5, np.float32)
+    proposed[..., 6] = 0.7
+    chunks, _ = screen7.recover(feat7, proposed)
+    rec = recovery.act(feat7).reshape(64, 2, 7)
+    hold_rows = ~np.all(np.isclose(chunks, rec), axis=(1, 2))
+    assert hold_rows.any() and np.all(chunks[hold_rows][..., :6] == 0.0) and np.all(chunks[hold_rows][..., 6] == np.float32(0.7))
+
+
 def test_faults_fail_closed_a1(screen: SafeExploreScreen) -> None:
     """A1: a non-finite proposal is never executed; a failing proposer hands over to recovery;
     broken features or a broken recovery policy hold still (zero chunk, fault set)."""
@@ -251,3 +283,42 @@ def test_heldout_split_is_stratified_so_calibration_sees_both_classes() -> None:
         labels = {bool(np.any(episodes[i].violation)) for i in held}
         assert labels == {True, False}, (n_bad, n_good, held)
         assert len(held) == len(set(held)) <= max(2, round(0.25 * 20) + 1)
+
+
+@pytest.mark.parametrize("window", [40, 3, 0])
+def test_online_heldout_episodes_calibrate_epsilon_and_stay_out_of_the_replay(window: int) -> None:
+    """A ``heldout_fraction`` share of the finished training episodes is withheld from the
+    critic's replay; epsilon is then calibrated on the offline held-out episodes plus the newest
+    ``calibration_window`` online ones (window 0: everything goes to the replay)."""
+    from safetwin.train.safe_explore import SafeExplorer
+    from safetwin.train.safe_explore_config import SafeExploreConfig
+    from safetwin.train.safe_explore_data import Episode
+
+    policy = CompactVLA(PolicyConfig(proprio_dim=4, privileged_dim=0, chunk_len=1, hidden=32, feat_dim=16))
+    cfg = SafeExploreConfig(enabled=True, heldout_fraction=0.5, calibration_window=window, online_updates=0,
+                            horizon_steps=1)
+    explorer = SafeExplorer(cfg, policy, seed=0)
+    f, a = explorer.learner.critic.feature_dim, explorer.learner.critic.action_dim
+    rng = np.random.default_rng(0)
+
+    def episode(violates: bool, t: int = 5) -> Episode:
+        v = np.zeros(t)
+        v[3] = float(violates)
+        return Episode(rng.normal(size=(t, f)).astype(np.float32), rng.uniform(-1, 1, (t, a)).astype(np.float32),
+                       np.zeros((t, a), np.float32), v, np.ones(t, int), np.zeros(t, bool),
+                       np.zeros(f, np.float32), False)
+
+    explorer.heldout = [episode(True), episode(False)]
+    explorer._new_episodes = [episode(i % 2 == 0) for i in range(20)]
+    metrics = explorer.end_iteration()
+    n_held = len(explorer.heldout_online) if window else 0
+    assert metrics["safety/critic_heldout_online"] == n_held
+    withheld = 20 - len(explorer.learner.replay) // 5
+    if window == 0:
+        assert withheld == 0
+    else:
+        assert 0 < n_held == min(withheld, window)  # about half withheld, the newest `window` kept
+        assert 6 <= withheld <= 14
+    cal = explorer.calibration
+    assert cal is not None and cal.n_pos + cal.n_neg == 5 * (2 + n_held)
+    assert explorer.screen.epsilon == cal.epsilon
