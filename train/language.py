@@ -6,7 +6,9 @@ returns the bundled folder). It is loaded with ``sentence_transformers`` while
 
 Embeddings are L2-normalised float32 (384,) vectors, cached per instruction string in memory
 and, when ``cache_dir`` is given, on disk as one safetensors file per string (keyed by the
-SHA-256 of the string, written atomically).
+SHA-256 of the string, written atomically). Each string is encoded on its own: in a padded
+batch its embedding changes in the 7th decimal with its batch-mates, and a policy fed those
+bits replays a seed differently depending on which strings the process happened to encode first.
 """
 
 from __future__ import annotations
@@ -80,11 +82,10 @@ class LanguageEncoder:
         with self._lock:
             missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
             missing = [t for t in missing if not self._from_disk(t)]
-            if missing:
-                vecs = self._load().encode(missing, convert_to_numpy=True, normalize_embeddings=True,
-                                           show_progress_bar=False, batch_size=64)
-                for text, vec in zip(missing, vecs, strict=True):
-                    self._store(text, np.asarray(vec, dtype=np.float32))
+            for text in missing:  # one at a time: batch padding would make the bits depend on neighbours
+                vec = self._load().encode([text], convert_to_numpy=True, normalize_embeddings=True,
+                                          show_progress_bar=False)[0]
+                self._store(text, np.asarray(vec, dtype=np.float32))
             if not texts:
                 return np.zeros((0, EMBED_DIM), dtype=np.float32)
             return np.stack([self._cache[t] for t in texts])

@@ -81,6 +81,16 @@ def test_paraphrase_keeps_meaning() -> None:
     assert (emb[1:6] @ emb[0]).min() > emb[6] @ emb[0]  # paraphrases closer than another task
 
 
+def test_embedding_bits_do_not_depend_on_the_other_strings_encoded() -> None:
+    """A string's embedding is bit-identical whether encoded alone or next to longer strings
+    (in a padded batch it was not, so seeds replayed differently across processes)."""
+    text = "push the red cube into the green zone"
+    alone = LanguageEncoder().embed([text])[0]
+    crowd = LanguageEncoder().embed(["please slide the blue box onto the green circle now, carefully, robot",
+                                     text, "move the red cube to the green target area"])[1]
+    assert np.array_equal(alone, crowd)
+
+
 def test_language_encoder_offline_cache(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     enc = LanguageEncoder(cache_dir=tmp_path)
     vec = enc.embed(["reach the green target", "reach the green target"])
