@@ -14,8 +14,9 @@ of the critic's offline data collection in the twin, reported separately), their
 ``success`` and ``mean_cost`` (raw policy evaluated in the twin, ``--episodes`` episodes), and
 ``critic_auc`` (held-out, after pre-training and at the end).
 The top-level figures are means over the seeds (``*_std``: their standard deviation; per-seed
-figures under ``arms``): one seed's Lagrangian arm alone gave 801 or 1153 violations depending
-only on the RNG path, so a single-seed comparison cannot show a 50 % effect.
+figures under ``arms``). One seed is one path through a chaotic system: before the instruction
+encoder was made batch-independent, the Lagrangian arm gave 801 or 1153 violations on the same
+seed, depending only on the 7th decimal of the instruction embedding.
 Target (reported, not asserted), on the means: ``train_violations_csc <= 0.5 *
 train_violations_lag`` and ``|success_csc - success_lag| <= 0.05``.
 

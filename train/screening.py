@@ -6,9 +6,11 @@ chunk is executed (Recovery RL). With ``hold_candidate``, a hold chunk (no end-e
 the last proposal's gripper command) is scored next to the recovery policy's chunk and the one
 with the lower Q_C runs: the hold is the safe prior of a position-controlled arm (the controller
 then tracks the measured pose, so the arm stops and a pressing contact relaxes), and the
-learned recovery must beat it in the critic's eyes to act. Fail closed: a non-finite or failing critic score counts as a
-rejection; a failing proposer goes straight to recovery; when the features or the recovery
-policy fail, a zero chunk (no end-effector motion: hold) is returned with ``info.fault`` set.
+learned recovery must beat it in the critic's eyes to act.
+
+Fail closed: a non-finite or failing critic score counts as a rejection; a failing proposer goes
+straight to recovery; when the features or the recovery policy fail, a zero chunk (no
+end-effector motion: hold) is returned with ``info.fault`` set.
 
 Chunks are (k, 7) (or (B, k, 7)) EE deltas in the base frame, in [-1, 1].
 """
