@@ -257,7 +257,7 @@ class SafeExplorer:
             else:
                 self.learner.replay.add_episode(ep)
         self._new_episodes = []
-        metrics["safety/critic_heldout_online"] = float(len(self.heldout_online) if self.cfg.calibration_window else 0)
+        metrics["safety/critic_heldout_online"] = float(len(self.heldout_online))  # empty with window 0
         metrics.update(self.learner.update(self.cfg.online_updates))
         self.recalibrate()
         metrics.update(self.calibration_metrics())
