@@ -120,18 +120,20 @@ class SafeExploreScreen:
 
     def recover(self, feat: torch.Tensor, proposed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Recovery chunks (B, k, 7) and their Q_C (B,) for features (B, F); ``proposed``
-        (B, k, 7) or None gives the hold candidate its gripper command (none: 0). Raises when
-        the recovery policy fails (the caller holds or stops)."""
+        (B, k, 7) or None gives the hold candidate its gripper command (none: 0). A recovery
+        chunk whose Q_C is not finite is replaced by the hold. Raises when the recovery policy
+        fails (the caller holds or stops)."""
         b = feat.shape[0]
         rec = self.recovery.act(feat).reshape(b, *self.chunk_shape)
         q_rec = self.q(feat, rec)
-        if not self.hold_candidate:
+        if not self.hold_candidate and np.isfinite(q_rec).all():
             return rec, q_rec
         hold = np.zeros_like(rec)
         if proposed is not None:
             hold[..., 6:] = np.asarray(proposed, dtype=np.float32).reshape(b, *self.chunk_shape)[..., 6:]
         q_hold = self.q(feat, hold)
-        use_hold = ~(q_rec <= q_hold)  # the hold also wins when the recovery's score is nan
+        # an unscored recovery chunk never runs (fail closed): the hold replaces it
+        use_hold = ~(q_rec <= q_hold) if self.hold_candidate else ~np.isfinite(q_rec)
         return np.where(use_hold[:, None, None], hold, rec), np.where(use_hold, q_hold, q_rec)
 
     def _hold(self, reason: str, q_props: list[float], proposed: np.ndarray | None) -> tuple[np.ndarray, ScreenInfo]:

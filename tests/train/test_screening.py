@@ -322,3 +322,20 @@ def test_online_heldout_episodes_calibrate_epsilon_and_stay_out_of_the_replay(wi
     cal = explorer.calibration
     assert cal is not None and cal.n_pos + cal.n_neg == 5 * (2 + n_held)
     assert explorer.screen.epsilon == cal.epsilon
+
+
+def test_unscored_recovery_chunk_is_replaced_by_a_hold_a1() -> None:
+    """A1: when the critic's scores are NaN, every proposal is rejected and the recovery chunk
+    (unscored) does not run either: the hold (no motion) does, on both screening paths."""
+    torch.manual_seed(0)
+    critic, recovery = SafetyCritic(1, 1, 16), RecoveryPolicy(1, 1, 16)
+    with torch.no_grad():
+        recovery.net[-1].bias.fill_(2.0)  # a clearly non-zero recovery chunk
+        for p in critic.parameters():
+            p.fill_(float("nan"))
+    screen = SafeExploreScreen(critic, recovery, feat_of, EPS, 1, (1, 1))
+    out = screen.screen_batch({"proprio": np.full((4, 1), 0.5, np.float32), "instruction": ["x"] * 4},
+                              lambda o: (np.full((len(o["proprio"]), 1, 1), 0.3, np.float32), np.zeros(len(o["proprio"]))))
+    assert out.recovered.all() and np.all(out.executed == 0.0)
+    chunk, info = screen.screen(point(0.5), lambda _o: np.full((1, 1), 0.3, np.float32))
+    assert info.recovery and chunk[0, 0] == 0.0
