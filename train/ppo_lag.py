@@ -276,14 +276,25 @@ def _safe_explorer(cfg: TrainConfig, policy: VLAPolicy, ckpt_dir: Path, resume: 
     se = cfg.safe_explore
     if not se.enabled:
         return None
+    env_fn = make_env_fn(cfg.env_id, cfg.chunk_len, cfg.gamma, cfg.env_kwargs())
+    kinematics = _robot_kinematics(env_fn) if se.ee_features else None
     if resume:
         latest = json.loads((ckpt_dir / "latest.json").read_text(encoding="utf-8"))
-        return SafeExplorer.from_checkpoint(se, ckpt_dir / latest["dir"] / SAFE_EXPLORE_FILE, policy, cfg.seed)
-    explorer = SafeExplorer(se, policy, cfg.seed)
-    env_fn = make_env_fn(cfg.env_id, cfg.chunk_len, cfg.gamma, cfg.env_kwargs())
+        return SafeExplorer.from_checkpoint(se, ckpt_dir / latest["dir"] / SAFE_EXPLORE_FILE, policy, cfg.seed,
+                                            kinematics)
+    explorer = SafeExplorer(se, policy, cfg.seed, kinematics)
     stats = explorer.pretrain(env_fn, policy, progress=cfg.progress)
     logger.info("safe exploration ready: %s", {k: round(v, 4) for k, v in stats.items()})
     return explorer
+
+
+def _robot_kinematics(env_fn: Callable[[], Any]) -> Any:
+    """The env's robot kinematics (the twin's ``robot_model``), None for an env without one."""
+    env = env_fn()
+    try:
+        return getattr(env.unwrapped, "robot_model", None)
+    finally:
+        env.close()
 
 
 def _tensorboard(run_dir: Path, cfg: TrainConfig, step: int) -> Any:

@@ -1,10 +1,22 @@
 """Recovery policy (after Thananjeyan et al., "Recovery RL", RA-L 2021, model-free variant).
 
 A deterministic policy ``pi_rec(s) -> chunk`` (flattened (k*7,), EE deltas in the base frame,
-[-1, 1] by tanh) trained through the safety critic to reduce the violation probability:
-``loss = Q_C(s, pi_rec(s)) + reg * mean(pi_rec(s)^2)``. The critic is conservative, so the
-minimiser stays near actions the data supports. Pre-trained offline on the replay states and
-updated online with the critic; it acts when no policy proposal passes the screen.
+in [-1, 1]) trained through the safety critic to reduce the violation probability:
+``loss = Q_C(s, pi_rec(s)) + reg * mean(d(s)^2)``. The critic is conservative, so the minimiser
+stays near actions the data supports. Pre-trained offline on the replay states and updated
+online with the critic; it acts when no policy proposal passes the screen.
+
+Two forms:
+
+* from scratch (``residual_scale`` 0): ``pi_rec(s) = tanh(net(s))``, ``d = pi_rec(s)`` (the
+  regulariser prefers small moves);
+* residual (``residual_scale`` r > 0): ``pi_rec(s) = clip(a_0(s) + r * tanh(net(s)), -1, 1)``
+  where ``a_0(s)`` is the frozen pre-trained policy's noise-free chunk, read from the last A
+  feature columns (:class:`~safetwin.train.safe_explore_features.PolicyFeaturizer` with
+  ``mode_chunk``), and ``d = pi_rec(s) - a_0(s)``. On tabletop_push most training violations
+  come from exploration noise (fingertips pressed into the table by a few mm), not from the
+  pre-trained behaviour itself, so the noise-free chunk is the safe prior and the critic only
+  nudges it, within ``r``.
 """
 
 from __future__ import annotations
@@ -24,19 +36,34 @@ class RecoveryPolicy(nn.Module):
         feature_dim: F, size of the state feature vector (the critic's).
         action_dim: A, flattened chunk size (k * 7 for the twin).
         hidden: width of the two hidden layers.
+        residual_scale: r, bound of the residual on the base chunk (0: recovery from scratch).
     """
 
-    def __init__(self, feature_dim: int, action_dim: int, hidden: int = 256) -> None:
+    def __init__(self, feature_dim: int, action_dim: int, hidden: int = 256, residual_scale: float = 0.0) -> None:
         super().__init__()
         if feature_dim < 1 or action_dim < 1 or hidden < 1:
             raise ValueError(f"RecoveryPolicy: dims must be >= 1, got {feature_dim}, {action_dim}, {hidden}")
+        if not 0.0 <= residual_scale <= 2.0 or (residual_scale > 0 and feature_dim <= action_dim):
+            raise ValueError(f"RecoveryPolicy: residual_scale must be in [0, 2] (got {residual_scale}) and a "
+                             f"residual needs the base chunk in the features (F {feature_dim} > A {action_dim})")
         self.feature_dim, self.action_dim, self.hidden = int(feature_dim), int(action_dim), int(hidden)
+        self.residual_scale = float(residual_scale)
         self.net = mlp([self.feature_dim, hidden, hidden, self.action_dim], out_gain=0.01)
+
+    def base(self, feat: torch.Tensor) -> torch.Tensor:
+        """The chunk the recovery deviates from (B, A): the features' last A columns for a
+        residual recovery, zeros (hold) for one from scratch."""
+        if self.residual_scale > 0:
+            return feat[:, -self.action_dim:].float()
+        return torch.zeros(feat.shape[0], self.action_dim, dtype=torch.float32, device=feat.device)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         if feat.ndim != 2 or feat.shape[1] != self.feature_dim:
             raise ValueError(f"RecoveryPolicy: features must be (B, {self.feature_dim}), got {tuple(feat.shape)}")
-        return torch.tanh(self.net(feat.float()))
+        out = torch.tanh(self.net(feat.float()))
+        if self.residual_scale > 0:
+            out = (self.base(feat) + self.residual_scale * out).clamp(-1.0, 1.0)
+        return out
 
     @torch.no_grad()
     def act(self, feat: torch.Tensor) -> np.ndarray:
@@ -49,13 +76,13 @@ class RecoveryPolicy(nn.Module):
 
 def recovery_update(recovery: RecoveryPolicy, optim: torch.optim.Optimizer, critic: SafetyCritic,
                     feat: torch.Tensor, action_reg: float) -> dict[str, float]:
-    """One gradient step of ``Q_C(s, pi_rec(s)) + action_reg * |pi_rec(s)|^2`` (critic frozen)."""
+    """One gradient step of ``Q_C(s, pi_rec(s)) + action_reg * |pi_rec(s) - base(s)|^2`` (critic frozen)."""
     for p in critic.online_parameters():
         p.requires_grad_(False)
     try:
         act = recovery(feat)
         q = critic(feat, act)
-        loss = q.mean() + action_reg * act.pow(2).mean()
+        loss = q.mean() + action_reg * (act - recovery.base(feat)).pow(2).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError("recovery loss is not finite (refusing the update)")
         optim.zero_grad()

@@ -64,14 +64,18 @@ class SafeExplorer:
         cfg: the safe-explore options.
         policy: the pre-trained task policy (its frozen copy computes the critic's features).
         seed: seed of the offline rollouts, the replay sampling and the out-of-distribution actions.
+        kinematics: the robot's kinematics (``Kinematics.for_scene``) for the critic's EE features
+            when ``cfg.ee_features`` is on (None: no EE features).
     """
 
-    def __init__(self, cfg: SafeExploreConfig, policy: VLAPolicy, seed: int) -> None:
+    def __init__(self, cfg: SafeExploreConfig, policy: VLAPolicy, seed: int, kinematics: Any = None) -> None:
         self.cfg, self.seed = cfg, int(seed)
-        self.featurizer = PolicyFeaturizer(policy)
+        self.featurizer = PolicyFeaturizer(policy, kinematics=kinematics if cfg.ee_features else None,
+                                           mode_chunk=cfg.recovery_residual > 0)
         k, a = policy.cfg.chunk_len, policy.cfg.action_dim
         f = self.featurizer.feature_dim
-        critic, recovery = SafetyCritic(f, k * a, cfg.hidden), RecoveryPolicy(f, k * a, cfg.hidden)
+        critic = SafetyCritic(f, k * a, cfg.hidden)
+        recovery = RecoveryPolicy(f, k * a, cfg.hidden, residual_scale=cfg.recovery_residual)
         self.learner = SafeExploreLearner(critic, recovery, cfg, seed)
         self.screen = SafeExploreScreen(critic, recovery, self.featurizer, 0.0, cfg.max_resamples, (k, a),
                                         hold_candidate=cfg.recovery_hold)
@@ -86,13 +90,15 @@ class SafeExplorer:
         self.offline_stats: dict[str, float] = {}
 
     @classmethod
-    def from_checkpoint(cls, cfg: SafeExploreConfig, path: Path, policy: VLAPolicy, seed: int) -> SafeExplorer:
-        """Resume: critic, recovery, featurizer and epsilon from a saved screen. The replay
-        buffer and the held-out set restart empty (epsilon is kept until episodes arrive)."""
+    def from_checkpoint(cls, cfg: SafeExploreConfig, path: Path, policy: VLAPolicy, seed: int,
+                        kinematics: Any = None) -> SafeExplorer:
+        """Resume: critic, recovery, featurizer and epsilon from a saved screen (``kinematics``:
+        for EE features). The replay buffer and the held-out set restart empty (epsilon is kept
+        until episodes arrive)."""
         from .safe_explore_io import load_safe_explore
 
         explorer = cls(cfg, policy, seed)
-        screen = load_safe_explore(path)
+        screen = load_safe_explore(path, kinematics=kinematics)
         if screen.chunk_shape != explorer.screen.chunk_shape:
             raise ValueError(f"{path}: chunk shape {screen.chunk_shape} differs from the policy's")
         screen.max_resamples, screen.hold_candidate = cfg.max_resamples, cfg.recovery_hold

@@ -66,6 +66,12 @@ class SafeExploreConfig:
         and execute the one with the lower Q_C (see :mod:`safetwin.train.screening`). Off by
         default: in one ``bench-safe-explore`` seed it gave 603 training violations against
         537 without it (success 0.06 against 0.08).
+    recovery_residual: r > 0: the recovery is the frozen pre-trained policy's noise-free chunk
+        plus a residual bounded by r that the critic trains; 0: a recovery from scratch (see
+        :mod:`~safetwin.train.recovery`).
+    ee_features: add the end-effector pose and the arm's lowest point (forward kinematics of
+        the measured joints, base frame) to the critic's features
+        (:class:`~safetwin.train.safe_explore_features.EEFeatures`).
     replay_capacity: decisions kept in the safety replay buffer (oldest dropped first).
     rejection_cost: extra cost given to the task policy's transition when its proposal was
         rejected (0: the task policy learns from its proposals as in Recovery RL).
@@ -94,6 +100,8 @@ class SafeExploreConfig:
     recovery_lr: float = 3e-4
     recovery_action_reg: float = 1.0
     recovery_hold: bool = False
+    recovery_residual: float = 0.3
+    ee_features: bool = True
     replay_capacity: int = 100_000
     rejection_cost: float = 3.0
 
@@ -111,6 +119,8 @@ class SafeExploreConfig:
         for name in ("heldout_fraction", "target_fnr", "tau"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"train.safe_explore.{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.recovery_residual <= 2.0:
+            raise ConfigError(f"train.safe_explore.recovery_residual must be in [0, 2], got {self.recovery_residual}")
         for name in ("critic_lr", "recovery_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.safe_explore.{name} must be > 0, got {getattr(self, name)}")

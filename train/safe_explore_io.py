@@ -2,7 +2,7 @@
 
 ``<dir>/safe_explore.safetensors`` (tensors ``critic.*``, ``recovery.*``, ``feat.*``, the frozen
 policy copy that computes the critic's features) and its JSON sidecar (kind ``safe_explore``,
-sizes, epsilon, max_resamples, chunk shape, calibration, the featurizer's policy class and
+sizes, the recovery's residual bound, epsilon, max_resamples, chunk shape, calibration, the featurizer's policy class and
 hyper-parameters, the safety-spec hash). Written with the checkpoint module's atomic
 weights-then-sidecar pair; never pickle.
 """
@@ -34,7 +34,8 @@ def save_safe_explore(path: str | os.PathLike[str], screen: SafeExploreScreen, *
                **{f"feat.{k}": v for k, v in feat.policy.state_dict().items()}}
     meta = {"kind": "safe_explore", "feature_dim": screen.critic.feature_dim,
             "action_dim": screen.critic.action_dim, "hidden": screen.critic.hidden,
-            "recovery_hidden": screen.recovery.hidden, "epsilon": screen.epsilon,
+            "recovery_hidden": screen.recovery.hidden, "recovery_residual": screen.recovery.residual_scale,
+            "epsilon": screen.epsilon,
             "max_resamples": screen.max_resamples, "chunk_shape": list(screen.chunk_shape),
             "hold_candidate": screen.hold_candidate,
             "featurizer": feat.meta, "safety_spec_sha256": safety_spec_sha256,
@@ -53,11 +54,14 @@ def _resolve(path: Path) -> Path:
     return sibling
 
 
-def load_safe_explore(checkpoint_path: str | os.PathLike[str], scene: Any = None) -> SafeExploreScreen:
+def load_safe_explore(checkpoint_path: str | os.PathLike[str], scene: Any = None,
+                      kinematics: Any = None) -> SafeExploreScreen:
     """Load the screen saved with a training run (eval mode).
 
     ``checkpoint_path``: the ``safe_explore.safetensors`` file or a policy checkpoint next to
-    it. With ``scene`` given, the safety-spec hash must match ``scene.safety.sha256()``.
+    it. With ``scene`` given, the safety-spec hash must match ``scene.safety.sha256()``; a
+    critic trained with EE features (``feature_dim`` includes the forward kinematics of the
+    joints) needs the robot's ``kinematics``, or ``scene`` to build them from.
     Use: ``chunk, info = screen.screen(obs, propose_fn)`` before the QP filter.
     """
     path = _resolve(Path(checkpoint_path))
@@ -69,13 +73,23 @@ def load_safe_explore(checkpoint_path: str | os.PathLike[str], scene: Any = None
                               f"{meta.get('safety_spec_sha256')}, scene has {scene.safety.sha256()}")
     from .checkpoint import build_policy
 
+    if meta.get("featurizer", {}).get("ee_features") is None:
+        kinematics = None
+    elif kinematics is None:
+        if scene is None:
+            raise CheckpointError(f"{path}: this critic uses end-effector features; load it with the scene "
+                                  "(its robot's kinematics computes them)")
+        from safetwin.twin.kinematics import Kinematics
+
+        kinematics = Kinematics.for_scene(scene)
     try:
         feat_policy = build_policy(meta["featurizer"])
         feat_policy.load_state_dict(_prefixed(tensors, "feat."), strict=True)
-        featurizer = PolicyFeaturizer(feat_policy, meta["featurizer"])
+        featurizer = PolicyFeaturizer(feat_policy, meta["featurizer"], kinematics)
         critic = SafetyCritic(int(meta["feature_dim"]), int(meta["action_dim"]), int(meta["hidden"]))
         critic.load_state_dict(_prefixed(tensors, "critic."), strict=True)
-        recovery = RecoveryPolicy(int(meta["feature_dim"]), int(meta["action_dim"]), int(meta["recovery_hidden"]))
+        recovery = RecoveryPolicy(int(meta["feature_dim"]), int(meta["action_dim"]), int(meta["recovery_hidden"]),
+                                  residual_scale=float(meta.get("recovery_residual", 0.0)))
         recovery.load_state_dict(_prefixed(tensors, "recovery."), strict=True)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: does not fit the safe-explore networks: {exc}") from exc
