@@ -67,19 +67,22 @@ def test_featurizer_appends_the_ee_features_of_the_proprio_joints() -> None:
     np.testing.assert_allclose(f_ee[0, plain.feature_dim + 4:].numpy().reshape(3, 3), rot, atol=1e-6)
 
 
-def test_a_critic_with_ee_features_reloads_only_with_the_same_robot(tmp_path) -> None:  # noqa: ANN001
+def test_a_screen_with_ee_features_and_a_residual_recovery_reloads_only_with_the_same_robot(tmp_path) -> None:  # noqa: ANN001
     kin = Kinematics.for_scene(PUSH)
     n = len(kin.joint_names)
-    feat = PolicyFeaturizer(_policy(2 * n + 1), kinematics=kin)
+    feat = PolicyFeaturizer(_policy(2 * n + 1), kinematics=kin, mode_chunk=True)
     dim = feat.feature_dim
-    screen = SafeExploreScreen(SafetyCritic(dim, 14, 32), RecoveryPolicy(dim, 14, 32), feat, 0.5, 1, (2, 7))
+    rec = RecoveryPolicy(dim, 14, 32, residual_scale=0.3)
+    screen = SafeExploreScreen(SafetyCritic(dim, 14, 32), rec, feat, 0.5, 1, (2, 7))
     path = save_safe_explore(tmp_path / "safe_explore.safetensors", screen, safety_spec_sha256=PUSH.safety.sha256())
     with pytest.raises(CheckpointError, match="end-effector features; load it with the scene"):
         load_safe_explore(path)
     loaded = load_safe_explore(path, scene=PUSH)
     obs = {"image": np.full((64, 64, 3), 90, np.uint8), "instruction": "push the blue cube into the green zone",
            "proprio": np.linspace(-0.5, 0.5, 2 * n + 1).astype(np.float32)}
-    assert torch.equal(loaded.featurize(batch_one(obs)), feat(batch_one(obs)))
+    f = feat(batch_one(obs))
+    assert torch.equal(loaded.featurize(batch_one(obs)), f)
+    assert loaded.recovery.residual_scale == 0.3 and torch.equal(loaded.recovery(f), rec(f))
     panda = Kinematics.for_scene(load_scene("panda_reach"))
     with pytest.raises(CheckpointError, match="EE features were trained on"):
         load_safe_explore(path, kinematics=panda)
