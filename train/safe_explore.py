@@ -75,7 +75,8 @@ class SafeExplorer:
         k, a = policy.cfg.chunk_len, policy.cfg.action_dim
         f = self.featurizer.feature_dim
         critic = SafetyCritic(f, k * a, cfg.hidden)
-        recovery = RecoveryPolicy(f, k * a, cfg.hidden, residual_scale=cfg.recovery_residual)
+        recovery = RecoveryPolicy(f, k * a, cfg.hidden, residual_scale=cfg.recovery_residual,
+                                  base=cfg.recovery_base, lift=cfg.recovery_lift)
         self.learner = SafeExploreLearner(critic, recovery, cfg, seed)
         self.screen = SafeExploreScreen(critic, recovery, self.featurizer, 0.0, cfg.max_resamples, (k, a),
                                         hold_candidate=cfg.recovery_hold)

@@ -2,8 +2,8 @@
 
 ``<dir>/safe_explore.safetensors`` (tensors ``critic.*``, ``recovery.*``, ``feat.*``, the frozen
 policy copy that computes the critic's features) and its JSON sidecar (kind ``safe_explore``,
-sizes, the recovery's residual bound, epsilon, max_resamples, chunk shape, calibration, the featurizer's policy class and
-hyper-parameters, the safety-spec hash). Written with the checkpoint module's atomic
+sizes, the recovery's residual bound, base and lift, epsilon, max_resamples, chunk shape,
+calibration, the featurizer's policy class and hyper-parameters, the safety-spec hash). Written with the checkpoint module's atomic
 weights-then-sidecar pair; never pickle.
 """
 
@@ -35,6 +35,7 @@ def save_safe_explore(path: str | os.PathLike[str], screen: SafeExploreScreen, *
     meta = {"kind": "safe_explore", "feature_dim": screen.critic.feature_dim,
             "action_dim": screen.critic.action_dim, "hidden": screen.critic.hidden,
             "recovery_hidden": screen.recovery.hidden, "recovery_residual": screen.recovery.residual_scale,
+            "recovery_base": screen.recovery.base_kind, "recovery_lift": screen.recovery.lift,
             "epsilon": screen.epsilon,
             "max_resamples": screen.max_resamples, "chunk_shape": list(screen.chunk_shape),
             "hold_candidate": screen.hold_candidate,
@@ -89,7 +90,9 @@ def load_safe_explore(checkpoint_path: str | os.PathLike[str], scene: Any = None
         critic = SafetyCritic(int(meta["feature_dim"]), int(meta["action_dim"]), int(meta["hidden"]))
         critic.load_state_dict(_prefixed(tensors, "critic."), strict=True)
         recovery = RecoveryPolicy(int(meta["feature_dim"]), int(meta["action_dim"]), int(meta["recovery_hidden"]),
-                                  residual_scale=float(meta.get("recovery_residual", 0.0)))
+                                  residual_scale=float(meta.get("recovery_residual", 0.0)),
+                                  base=str(meta.get("recovery_base", "policy")),
+                                  lift=float(meta.get("recovery_lift", 0.0)))
         recovery.load_state_dict(_prefixed(tensors, "recovery."), strict=True)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: does not fit the safe-explore networks: {exc}") from exc
