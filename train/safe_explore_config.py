@@ -21,14 +21,17 @@ class SafeExploreConfig:
       sits near 1.
     - **Screening horizon.** H is 5 steps.
     - **Recovery.** A retreat (1 cm lift, then hold) plus a residual of at most 0.1 per entry,
-      held near the retreat (``recovery_action_reg`` 10). One seed of the csc arm, 20k steps,
-      against 714 training violations without the screen: the policy's own chunk as the base
-      1450, a retreat with a residual of 0.3 (regulariser 1) 1011, of 0.1 (regulariser 10) 339.
-      A residual the critic may pull far finds chunks the critic misjudges: joint-limit,
-      keep-out and glass violations of its own.
-    - **Threshold.** Calibrated for a 5 % false-negative rate: with a retreat that rarely
-      violates (under 1 % of its decisions), flagging more states costs progress, not safety
-      (same seed: 181 training violations at 5 %, 339 at 10 %).
+      held near the retreat (``recovery_action_reg`` 10). One seed of ``safetwin train
+      --pretrained <bc> --total-steps 20000 --safe-explore.enabled true`` (one torch thread),
+      at a 10 % FNR, against 714 training violations for PPO-Lagrangian alone from the same BC
+      (two threads):
+      the policy's chunk as the base, residual 0.3, regulariser 1: 735; a retreat with residual
+      0.3, regulariser 1: 1011; 0.1 and 1: 403; 0.1 and 10: 339. A residual the critic may pull
+      far finds chunks the critic misjudges: joint-limit, keep-out and glass violations of its own.
+    - **Threshold.** Calibrated for a 5 % false-negative rate: with the retreat, flagging more
+      states costs progress rather than safety (same seed: 181 training violations at 5 %,
+      339 at 10 %). The recovery then runs a large share of the steps (23-58 % per seed on
+      ``bench-safe-explore``).
     - **Rejected proposals.** They cost the task policy 3.0 (``rejection_cost``), so it learns
       to stop proposing what the critic rejects. With 0, screening alone raised the
       violations above the Lagrangian arm's.
