@@ -25,7 +25,7 @@ class SafeExploreConfig:
       --pretrained <bc> --total-steps 20000 --safe-explore.enabled true`` (one torch thread),
       at a 10 % FNR, against 714 training violations for PPO-Lagrangian alone from the same BC
       (two threads):
-      the policy's chunk as the base, residual 0.3, regulariser 1: 735; a retreat with residual
+      the policy's chunk as the base, residual 0.3, regulariser 1: 735 (two threads); a retreat with residual
       0.3, regulariser 1: 1011; 0.1 and 1: 403; 0.1 and 10: 339. A residual the critic may pull
       far finds chunks the critic misjudges: joint-limit, keep-out and glass violations of its own.
     - **Threshold.** Calibrated for a 5 % false-negative rate: with the retreat, flagging more
