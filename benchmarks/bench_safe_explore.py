@@ -134,6 +134,7 @@ def main() -> None:
     del args.overrides
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    args.torch_threads = torch.get_num_threads()  # recorded: the float bits, and so one seed's path, depend on it
     root = ROOT / "runs" / "bench_safe_explore" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     t0 = time.perf_counter()
     if args.bc_checkpoint:

@@ -108,6 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    args.torch_threads = torch.get_num_threads()  # recorded: the float bits, and so one seed's path, depend on it
     root = ROOT / "runs" / "bench_train" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     t0 = time.perf_counter()
     results = {"scenes": {}, "config": vars(args)}
