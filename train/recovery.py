@@ -25,7 +25,11 @@ Two forms:
     --safe-explore.recovery-residual 0.02 --safe-explore.recovery-action-reg 1
     --safe-explore.target-fnr 0.1``); with the retreat, 403 (residual 0.1, same regulariser).
     A lift in every step of the chunk instead (a scratch check) drove the arm into its joint
-    limits;
+    limits, and so, more slowly, did one lift per chunk on a second BC policy: once the arm is
+    high, the conservative critic sees unfamiliar states, flags them, and the retreat lifts
+    again. So with ``height_column`` (the features' lowest point of the arm, see
+    :class:`~safetwin.train.safe_explore_features.EEFeatures`) the retreat lifts only while that
+    point is below ``clearance`` (m above the base plane) and holds above it;
   - ``"policy"``: the frozen pre-trained policy's noise-free chunk (the same feature columns).
 """
 
@@ -36,6 +40,7 @@ import torch
 from torch import nn
 
 from .networks import mlp
+from .safe_explore_features import EE_POS_SCALE
 from .safety_critic import SafetyCritic
 
 BASES = ("retreat", "policy")
@@ -55,14 +60,21 @@ class RecoveryPolicy(nn.Module):
         residual_scale: r, bound of the residual on the base chunk (0: recovery from scratch).
         base: the residual's base chunk, ``"retreat"`` or ``"policy"`` (ignored when r is 0).
         lift: the retreat's first-step z action (normalised, up), in [0, 1].
+        clearance: m; the retreat lifts only while the arm's lowest point is below it.
+        height_column: the feature column holding that point (m x ``EE_POS_SCALE``); -1: none,
+            the retreat always lifts.
     """
 
     def __init__(self, feature_dim: int, action_dim: int, hidden: int = 256, residual_scale: float = 0.0,
-                 base: str = "policy", lift: float = 0.25) -> None:
+                 base: str = "policy", lift: float = 0.25, clearance: float = 0.0,
+                 height_column: int = -1) -> None:
         super().__init__()
         if base not in BASES or not 0.0 <= lift <= 1.0:
             raise ValueError(f"RecoveryPolicy: base must be one of {BASES} (got {base!r}) and lift in [0, 1] "
                              f"(got {lift})")
+        if not (clearance >= 0.0 and -1 <= height_column < feature_dim):
+            raise ValueError(f"RecoveryPolicy: need clearance >= 0 and height_column in [-1, {feature_dim}), "
+                             f"got {clearance}, {height_column}")
         if base == "retreat" and action_dim % STEP_DIM:
             raise ValueError(f"RecoveryPolicy: a retreat base needs chunks of {STEP_DIM}-D steps, got A={action_dim}")
         if feature_dim < 1 or action_dim < 1 or hidden < 1:
@@ -72,6 +84,7 @@ class RecoveryPolicy(nn.Module):
                              f"residual needs the base chunk in the features (F {feature_dim} > A {action_dim})")
         self.feature_dim, self.action_dim, self.hidden = int(feature_dim), int(action_dim), int(hidden)
         self.residual_scale, self.base_kind, self.lift = float(residual_scale), base, float(lift)
+        self.clearance, self.height_column = float(clearance), int(height_column)
         self.net = mlp([self.feature_dim, hidden, hidden, self.action_dim], out_gain=0.01)
 
     def base(self, feat: torch.Tensor) -> torch.Tensor:
@@ -86,6 +99,9 @@ class RecoveryPolicy(nn.Module):
             return policy_chunk
         steps = zeros.reshape(feat.shape[0], -1, STEP_DIM).clone()
         steps[:, 0, Z_INDEX] = self.lift
+        if self.height_column >= 0:  # hold, without lifting, once the arm is clear
+            low = feat[:, self.height_column].float() / EE_POS_SCALE
+            steps[:, 0, Z_INDEX] = torch.where(low < self.clearance, steps[:, 0, Z_INDEX], 0.0)
         steps[:, :, GRIPPER_INDEX] = policy_chunk.reshape(feat.shape[0], -1, STEP_DIM)[:, :, GRIPPER_INDEX]
         return steps.reshape(feat.shape[0], self.action_dim)
 

@@ -76,7 +76,8 @@ class SafeExplorer:
         f = self.featurizer.feature_dim
         critic = SafetyCritic(f, k * a, cfg.hidden)
         recovery = RecoveryPolicy(f, k * a, cfg.hidden, residual_scale=cfg.recovery_residual,
-                                  base=cfg.recovery_base, lift=cfg.recovery_lift)
+                                  base=cfg.recovery_base, lift=cfg.recovery_lift,
+                                  clearance=cfg.recovery_clearance, height_column=self.featurizer.lowest_column)
         self.learner = SafeExploreLearner(critic, recovery, cfg, seed)
         self.screen = SafeExploreScreen(critic, recovery, self.featurizer, 0.0, cfg.max_resamples, (k, a),
                                         hold_candidate=cfg.recovery_hold)

@@ -85,6 +85,9 @@ class SafeExploreConfig:
         default: in the states the critic flags the pre-trained policy itself presses on the table.
     recovery_lift: the retreat's first-step z action, normalised (x the scene's
         ``control.action_pos_m``: 1 cm on the bundled scenes at 0.25), in [0, 1].
+    recovery_clearance: m above the robot's base plane: with ``ee_features`` the retreat lifts
+        only while the arm's lowest point is below it, and holds above (without EE features it
+        always lifts). Repeated lifts otherwise climbed into the joint limits.
     ee_features: add the end-effector pose and the arm's lowest point (forward kinematics of
         the measured joints, base frame) to the critic's features
         (:class:`~safetwin.train.safe_explore_features.EEFeatures`).
@@ -119,6 +122,7 @@ class SafeExploreConfig:
     recovery_residual: float = 0.1
     recovery_base: str = "retreat"
     recovery_lift: float = 0.25
+    recovery_clearance: float = 0.03
     ee_features: bool = True
     replay_capacity: int = 100_000
     rejection_cost: float = 3.0
@@ -128,7 +132,8 @@ class SafeExploreConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.safe_explore.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("offline_episodes", "calibration_window", "max_resamples", "offline_updates", "online_updates",
-                     "cql_alpha", "recovery_action_reg", "critic_weight_decay", "rejection_cost", "perturb_std"):
+                     "cql_alpha", "recovery_action_reg", "critic_weight_decay", "rejection_cost", "perturb_std",
+                     "recovery_clearance"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.safe_explore.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("random_fraction", "clean_fraction", "gamma"):

@@ -115,6 +115,13 @@ class PolicyFeaturizer(nn.Module):
         return int(cfg.hidden + cfg.proprio_dim + (EEFeatures.dim if self.ee else 0)
                    + (cfg.chunk_len * cfg.action_dim if self.mode_chunk else 0))
 
+    @property
+    def lowest_column(self) -> int:
+        """Column of the arm's lowest point (m x ``EE_POS_SCALE``) in the features; -1 without
+        EE features."""
+        cfg = self.policy.cfg
+        return int(cfg.hidden + cfg.proprio_dim + 3) if self.ee is not None else -1
+
     def train(self, mode: bool = True) -> PolicyFeaturizer:  # always frozen, always eval
         super().train(False)
         return self

@@ -36,6 +36,7 @@ def save_safe_explore(path: str | os.PathLike[str], screen: SafeExploreScreen, *
             "action_dim": screen.critic.action_dim, "hidden": screen.critic.hidden,
             "recovery_hidden": screen.recovery.hidden, "recovery_residual": screen.recovery.residual_scale,
             "recovery_base": screen.recovery.base_kind, "recovery_lift": screen.recovery.lift,
+            "recovery_clearance": screen.recovery.clearance, "recovery_height_column": screen.recovery.height_column,
             "epsilon": screen.epsilon,
             "max_resamples": screen.max_resamples, "chunk_shape": list(screen.chunk_shape),
             "hold_candidate": screen.hold_candidate,
@@ -92,7 +93,9 @@ def load_safe_explore(checkpoint_path: str | os.PathLike[str], scene: Any = None
         recovery = RecoveryPolicy(int(meta["feature_dim"]), int(meta["action_dim"]), int(meta["recovery_hidden"]),
                                   residual_scale=float(meta.get("recovery_residual", 0.0)),
                                   base=str(meta.get("recovery_base", "policy")),
-                                  lift=float(meta.get("recovery_lift", 0.0)))
+                                  lift=float(meta.get("recovery_lift", 0.0)),
+                                  clearance=float(meta.get("recovery_clearance", 0.0)),
+                                  height_column=int(meta.get("recovery_height_column", -1)))
         recovery.load_state_dict(_prefixed(tensors, "recovery."), strict=True)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: does not fit the safe-explore networks: {exc}") from exc

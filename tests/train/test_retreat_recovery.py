@@ -117,3 +117,37 @@ def _lowest(env: TwinEnv) -> float:
     """m: the arm's lowest collision-sphere bottom (base frame), from the measured joints."""
     q, _ = env.world.read_joints()
     return float(EEFeatures(env.robot_model)(q[None])[0, 3]) / EE_POS_SCALE
+
+
+def test_retreat_lifts_only_below_the_clearance_then_holds() -> None:
+    """With the lowest-point column given, the lift applies while the arm's lowest point is
+    below ``clearance`` (m) and is replaced by a hold above it, so repeated retreats cannot
+    climb into the joint limits; the featurizer names that column."""
+    from safetwin.train.safe_explore_features import EE_POS_SCALE
+
+    policy_chunk = torch.zeros(3, K, STEP_DIM)
+    feat = _features(3, policy_chunk)
+    col = 5
+    feat[:, col] = torch.tensor([0.005, 0.029, 0.08]) * EE_POS_SCALE  # m above the base plane
+    rec = RecoveryPolicy(20 + A, A, 32, residual_scale=0.1, base="retreat", lift=0.25, clearance=0.03,
+                         height_column=col)
+    lifts = rec.base(feat).reshape(3, K, STEP_DIM)[:, 0, Z_INDEX]
+    assert lifts.tolist() == [0.25, 0.25, 0.0]
+    with pytest.raises(ValueError, match="height_column"):
+        RecoveryPolicy(20 + A, A, 8, residual_scale=0.1, base="retreat", height_column=20 + A)
+    kin_feat = PolicyFeaturizer(CompactVLA(PolicyConfig(proprio_dim=13, privileged_dim=0, chunk_len=K, hidden=32,
+                                                        feat_dim=16)),
+                                kinematics=_kinematics(), mode_chunk=True)
+    q = np.array([0.1, -0.2, 0.4, 0.0, 0.9, 0.0])
+    obs = {"image": np.zeros((64, 64, 3), np.uint8), "instruction": "push the red cube into the green zone",
+           "proprio": np.concatenate([q, np.zeros(6), [1.0]]).astype(np.float32)}
+    lowest = EEFeatures(_kinematics())(q[None].astype(np.float32))[0, 3]
+    assert kin_feat(batch_one(obs))[0, kin_feat.lowest_column].item() == pytest.approx(float(lowest), abs=1e-6)
+    assert PolicyFeaturizer(CompactVLA(PolicyConfig(proprio_dim=13, privileged_dim=0, chunk_len=K, hidden=32,
+                                                    feat_dim=16))).lowest_column == -1
+
+
+def _kinematics():  # noqa: ANN202
+    from safetwin.twin.kinematics import Kinematics
+
+    return Kinematics.for_scene(load_scene("tabletop_push"))
