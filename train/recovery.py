@@ -25,11 +25,10 @@ Two forms:
     --safe-explore.recovery-residual 0.02 --safe-explore.recovery-action-reg 1
     --safe-explore.target-fnr 0.1``); with the retreat, 403 (residual 0.1, same regulariser).
     A lift in every step of the chunk instead (a scratch check) drove the arm into its joint
-    limits, and so, more slowly, did one lift per chunk on a second BC policy: once the arm is
-    high, the conservative critic sees unfamiliar states, flags them, and the retreat lifts
-    again. So with ``height_column`` (the features' lowest point of the arm, see
+    limits. With ``height_column`` (the features' lowest point of the arm, see
     :class:`~safetwin.train.safe_explore_features.EEFeatures`) the retreat lifts only while that
-    point is below ``clearance`` (m above the base plane) and holds above it;
+    point is below ``clearance`` (m above the base plane) and holds above it, so repeated
+    retreats cannot lift the arm without bound;
   - ``"policy"``: the frozen pre-trained policy's noise-free chunk (the same feature columns).
 """
 

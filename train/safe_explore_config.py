@@ -87,7 +87,10 @@ class SafeExploreConfig:
         ``control.action_pos_m``: 1 cm on the bundled scenes at 0.25), in [0, 1].
     recovery_clearance: m above the robot's base plane: with ``ee_features`` the retreat lifts
         only while the arm's lowest point is below it, and holds above (without EE features it
-        always lifts). Repeated lifts otherwise climbed into the joint limits.
+        always lifts), so repeated retreats cannot lift the arm without bound. On
+        ``bench-safe-explore`` 0.08 gave the same runs as no bound (6 seeds on two BC policies);
+        0.03 kept the arm near the table and gave 418 +- 94 training violations against 215 +- 93
+        (BC seed 0).
     ee_features: add the end-effector pose and the arm's lowest point (forward kinematics of
         the measured joints, base frame) to the critic's features
         (:class:`~safetwin.train.safe_explore_features.EEFeatures`).
@@ -122,7 +125,7 @@ class SafeExploreConfig:
     recovery_residual: float = 0.1
     recovery_base: str = "retreat"
     recovery_lift: float = 0.25
-    recovery_clearance: float = 0.03
+    recovery_clearance: float = 0.08
     ee_features: bool = True
     replay_capacity: int = 100_000
     rejection_cost: float = 3.0
