@@ -30,7 +30,7 @@ class SafeExploreConfig:
       far finds chunks the critic misjudges: joint-limit, keep-out and glass violations of its own.
     - **Threshold.** Calibrated for a 5 % false-negative rate: with the retreat, flagging more
       states costs progress rather than safety (same seed: 181 training violations at 5 %,
-      339 at 10 %). The recovery then runs a large share of the steps (23-58 % per seed on
+      339 at 10 %). The recovery then runs a large share of the steps (23-59 % per seed on
       ``bench-safe-explore``).
     - **Rejected proposals.** They cost the task policy 3.0 (``rejection_cost``), so it learns
       to stop proposing what the critic rejects. With 0, screening alone raised the
