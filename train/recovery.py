@@ -39,11 +39,10 @@ import torch
 from torch import nn
 
 from .networks import mlp
+from .safe_explore_config import RECOVERY_BASES as BASES
 from .safe_explore_features import EE_POS_SCALE
 from .safety_critic import SafetyCritic
 
-BASES = ("retreat", "policy")
-"""Base chunks of a residual recovery (see the module docstring)."""
 STEP_DIM, Z_INDEX, GRIPPER_INDEX = 7, 2, 6
 """The twin's action layout per step: (dx, dy, dz, droll, dpitch, dyaw, gripper), EE deltas in
 the robot base frame, normalised to [-1, 1] (z is up)."""

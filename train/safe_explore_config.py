@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from safetwin.safety.runio import ConfigError
 
+RECOVERY_BASES = ("retreat", "policy")
+"""Base chunks of a residual recovery (see :mod:`safetwin.train.recovery`)."""
+
 
 @dataclass
 class SafeExploreConfig:
@@ -21,13 +24,12 @@ class SafeExploreConfig:
       sits near 1.
     - **Screening horizon.** H is 5 steps.
     - **Recovery.** A retreat (1 cm lift, then hold) plus a residual of at most 0.1 per entry,
-      held near the retreat (``recovery_action_reg`` 10). One seed of ``safetwin train
-      --pretrained <bc> --total-steps 20000 --safe-explore.enabled true`` (one torch thread),
-      at a 10 % FNR, against 714 training violations for PPO-Lagrangian alone from the same BC
-      (two threads):
-      the policy's chunk as the base, residual 0.3, regulariser 1: 735 (two threads); a retreat with residual
-      0.3, regulariser 1: 1011; 0.1 and 1: 403; 0.1 and 10: 339. A residual the critic may pull
-      far finds chunks the critic misjudges: joint-limit, keep-out and glass violations of its own.
+      held near the retreat (``recovery_action_reg`` 10). One seed from one BC policy, 20k
+      steps, 10 % FNR, against 714 training violations for PPO-Lagrangian alone (two torch
+      threads): the policy's chunk as the base, residual 0.3, regulariser 1: 735 (two threads);
+      on one thread, a retreat with residual 0.3, regulariser 1: 1011; 0.1 and 1: 403; 0.1 and
+      10: 339. A residual the critic may pull far finds chunks the critic misjudges: joint-limit,
+      keep-out and glass violations of its own.
     - **Threshold.** Calibrated for a 5 % false-negative rate: with the retreat, flagging more
       states costs progress rather than safety (same seed: 181 training violations at 5 %,
       339 at 10 %). The recovery then runs a large share of the steps (23-59 % per seed on
@@ -147,9 +149,9 @@ class SafeExploreConfig:
                 raise ConfigError(f"train.safe_explore.{name} must be in (0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.recovery_residual <= 2.0:
             raise ConfigError(f"train.safe_explore.recovery_residual must be in [0, 2], got {self.recovery_residual}")
-        if self.recovery_base not in ("retreat", "policy"):
+        if self.recovery_base not in RECOVERY_BASES:
             raise ConfigError(f"train.safe_explore.recovery_base: {self.recovery_base!r} is not one of "
-                              "['retreat', 'policy']")
+                              f"{list(RECOVERY_BASES)}")
         if not 0.0 <= self.recovery_lift <= 1.0:
             raise ConfigError(f"train.safe_explore.recovery_lift must be in [0, 1], got {self.recovery_lift}")
         for name in ("critic_lr", "recovery_lr"):

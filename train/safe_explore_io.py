@@ -2,9 +2,10 @@
 
 ``<dir>/safe_explore.safetensors`` (tensors ``critic.*``, ``recovery.*``, ``feat.*``, the frozen
 policy copy that computes the critic's features) and its JSON sidecar (kind ``safe_explore``,
-sizes, the recovery's residual bound, base and lift, epsilon, max_resamples, chunk shape,
-calibration, the featurizer's policy class and hyper-parameters, the safety-spec hash). Written with the checkpoint module's atomic
-weights-then-sidecar pair; never pickle.
+sizes, the recovery's residual bound, base, lift, clearance and lowest-point column, epsilon,
+max_resamples, chunk shape, calibration, the featurizer's policy class and hyper-parameters, the
+safety-spec hash). Written with the checkpoint module's atomic weights-then-sidecar pair; never
+pickle.
 """
 
 from __future__ import annotations
