@@ -82,7 +82,8 @@ def run_demo(cfg: DemoConfig) -> int:
 
     t = _stage(f"2/5 train: BC on expert demos, then PPO-Lagrangian ({train_scene})")
     train_run = run_train(TrainConfig(scene=train_scene, seed=cfg.seed, demo_episodes=cfg.demo_episodes,
-                                      bc_epochs=cfg.bc_epochs, total_steps=cfg.total_steps))
+                                      bc_epochs=cfg.bc_epochs, total_steps=cfg.total_steps,
+                                      critic_warmup=1))  # a short budget: fine-tune after one iteration
     timings["train"] = time.monotonic() - t
 
     t = _stage("3/5 audit the checkpoint (twin, raw and behind the QP filter)")

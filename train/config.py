@@ -46,6 +46,15 @@ class TrainConfig:
     lr: PPO Adam learning rate. Small on purpose: fine-tuning starts from a good BC policy, and
         Adam's fixed step size turns noisy policy gradients into a drift away from it (one
         reach_avoid run from the bench's BC checkpoint collapsed to 14% success and cost 80 at 1e-4).
+    critic_lr: Adam learning rate of the reward and cost critics. Larger than ``lr``: the critics
+        start untrained and must fit the returns quickly, while the actor starts from BC and must
+        not drift; the two groups are also gradient-clipped separately.
+    critic_warmup: first iterations that update only the critics (the actor is not stepped),
+        so the first policy gradients use fitted baselines, not an untrained critic's noise. On
+        tabletop_push from one BC policy (success 0.06, 120k steps, one seed, 50 evaluation
+        episodes) the fine-tuned success was 0.22 with critic_lr 3e-4 and 5 warm-up iterations,
+        0.14 with 3e-4 and none (the actor and critics had shared ``lr`` and one gradient clip
+        before, which gave 0.12 on the bench).
     update_epochs: PPO epochs per iteration.
     num_minibatches: minibatches per epoch.
     clip_coef: PPO ratio clip.
@@ -92,6 +101,8 @@ class TrainConfig:
     gamma: float = 0.99
     gae_lambda: float = 0.95
     lr: float = 3e-5
+    critic_lr: float = 3e-4
+    critic_warmup: int = 5
     update_epochs: int = 4
     num_minibatches: int = 4
     clip_coef: float = 0.2
@@ -121,13 +132,13 @@ class TrainConfig:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("demo_episodes", "demo_noise", "bc_shift", "total_steps", "ent_coef", "target_kl", "bc_reg_coef",
-                     "lagrange_init", "vf_coef"):
+                     "lagrange_init", "vf_coef", "critic_warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("gamma", "gae_lambda", "bc_reg_decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("bc_lr", "lr", "clip_coef", "max_grad_norm", "lagrange_lr"):
+        for name in ("bc_lr", "lr", "critic_lr", "clip_coef", "max_grad_norm", "lagrange_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if not -5.0 <= self.finetune_log_std <= 0.0:

@@ -220,6 +220,10 @@ class VLAPolicy(nn.Module, abc.ABC):
         h = self.critic(torch.cat(parts, dim=-1))
         return self.v_reward(h).squeeze(-1), self.v_cost(h).squeeze(-1)
 
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the asymmetric critic (trunk and both value heads); the rest is the actor."""
+        return [*self.critic.parameters(), *self.v_reward.parameters(), *self.v_cost.parameters()]
+
     @torch.no_grad()
     def predict(self, obs: Mapping[str, Any]) -> np.ndarray:
         """Deterministic chunk (k, 7) float32 for ONE unbatched twin observation."""

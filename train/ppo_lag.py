@@ -125,43 +125,67 @@ def _reference_chunks(ref: VLAPolicy, batch: dict[str, Any], size: int = 256) ->
     return np.concatenate(out)
 
 
+def make_optimizer(policy: VLAPolicy, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam with two groups: the actor at ``cfg.lr`` (group 0), the critics at ``cfg.critic_lr`` (group 1)."""
+    critic = [p for p in policy.critic_parameters() if p.requires_grad]
+    ids = {id(p) for p in critic}
+    actor = [p for p in policy.parameters() if p.requires_grad and id(p) not in ids]
+    return torch.optim.Adam([{"params": actor, "lr": cfg.lr}, {"params": critic, "lr": cfg.critic_lr}], eps=1e-5)
+
+
+def _value_loss(policy: VLAPolicy, obs: dict[str, Any], mb: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    v_r, v_c = policy.values(obs, obs["privileged"])
+    return (0.5 * (v_r - torch.as_tensor(mb["ret_r"])).pow(2).mean(),
+            0.5 * (v_c - torch.as_tensor(mb["ret_c"])).pow(2).mean())
+
+
+def _step(optim: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float) -> None:
+    """One Adam step; actor and critic gradients are clipped separately, so large value-loss
+    gradients early in fine-tuning do not shrink the actor's step."""
+    optim.zero_grad()
+    loss.backward()
+    for group in optim.param_groups:
+        nn.utils.clip_grad_norm_(group["params"], max_grad_norm)
+    optim.step()
+
+
 def ppo_update(policy: VLAPolicy, optim: torch.optim.Optimizer, batch: dict[str, Any],
-               cfg: TrainConfig, bc_coef: float, rng: np.random.Generator) -> dict[str, float]:
-    """Clipped-surrogate PPO epochs over one rollout batch; returns mean losses."""
+               cfg: TrainConfig, bc_coef: float, rng: np.random.Generator,
+               critic_only: bool = False) -> dict[str, float]:
+    """Clipped-surrogate PPO epochs over one rollout batch; returns mean losses.
+
+    ``critic_only`` (the warm-up): fit the reward and cost critics only; the actor is not stepped.
+    """
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss_reward", "value_loss_cost",
                                                      "entropy", "approx_kl", "clipfrac", "bc_reg")}
-    params = [p for p in policy.parameters() if p.requires_grad]
     for _epoch in range(cfg.update_epochs):
         epoch_kl = []
         for obs, mb in RolloutBuffer.minibatches(batch, cfg.num_minibatches, rng):
+            v_loss_r, v_loss_c = _value_loss(policy, obs, mb)
+            stats["value_loss_reward"].append(v_loss_r.item())
+            stats["value_loss_cost"].append(v_loss_c.item())
+            if critic_only:
+                _step(optim, cfg.vf_coef * (v_loss_r + v_loss_c), cfg.max_grad_norm)
+                continue
             logp, entropy, mode = policy.evaluate_with_mean(obs, torch.as_tensor(mb["chunks"]))
             log_ratio = logp - torch.as_tensor(mb["logp"])
             ratio = log_ratio.exp()
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - log_ratio).mean().item()
                 clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item()
+            epoch_kl.append(approx_kl)
             if cfg.target_kl > 0 and approx_kl > 1.5 * cfg.target_kl:
-                epoch_kl.append(approx_kl)
                 logger.debug("KL early stop before a step (kl %.4f)", approx_kl)
                 break
             adv = torch.as_tensor(mb["adv"])
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-            v_r, v_c = policy.values(obs, obs["privileged"])
-            v_loss_r = 0.5 * (v_r - torch.as_tensor(mb["ret_r"])).pow(2).mean()
-            v_loss_c = 0.5 * (v_c - torch.as_tensor(mb["ret_c"])).pow(2).mean()
             bc_reg = (mode - torch.as_tensor(mb["ref_chunks"])).pow(2).mean()
-            loss = (pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * (v_loss_r + v_loss_c)
-                    + bc_coef * bc_reg)
-            optim.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optim.step()
-            epoch_kl.append(approx_kl)
-            for key, val in (("policy_loss", pg_loss.item()), ("value_loss_reward", v_loss_r.item()),
-                             ("value_loss_cost", v_loss_c.item()), ("entropy", entropy.mean().item()),
+            _step(optim, pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * (v_loss_r + v_loss_c)
+                  + bc_coef * bc_reg, cfg.max_grad_norm)
+            for key, val in (("policy_loss", pg_loss.item()), ("entropy", entropy.mean().item()),
                              ("approx_kl", approx_kl), ("clipfrac", clipfrac), ("bc_reg", bc_reg.item())):
                 stats[key].append(val)
-        if cfg.target_kl > 0 and float(np.mean(epoch_kl)) > cfg.target_kl:
+        if epoch_kl and cfg.target_kl > 0 and float(np.mean(epoch_kl)) > cfg.target_kl:
             logger.debug("KL early stop after epoch %d (kl %.4f)", _epoch, np.mean(epoch_kl))
             break
     return {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v}
@@ -191,7 +215,7 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
     ckpt_dir = run_dir / "checkpoints"
     cost_limit = cfg.cost_limit if cfg.cost_limit >= 0 else float(scene_info["cost_limit"])
     lagrange = make_lagrange(cfg.lagrange, cost_limit, **cfg.lagrange_kwargs()) if cfg.lagrange != "none" else None
-    optim = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5)
+    optim = make_optimizer(policy, cfg)
     torch.manual_seed(cfg.seed)
     state = PPOState(rng=np.random.default_rng(cfg.seed))
     if resume:
@@ -233,8 +257,9 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
             batch["ref_chunks"] = _reference_chunks(ref_policy, batch)
             # ---------------------------------------------------------- PPO update
             policy.train()
-            bc_coef = cfg.bc_reg_coef * cfg.bc_reg_decay ** it
-            losses = ppo_update(policy, optim, batch, cfg, bc_coef, state.rng)
+            warmup = it < cfg.critic_warmup  # critics only: the actor waits for fitted baselines
+            bc_coef = cfg.bc_reg_coef * cfg.bc_reg_decay ** max(it - cfg.critic_warmup, 0)
+            losses = ppo_update(policy, optim, batch, cfg, bc_coef, state.rng, critic_only=warmup)
             if policy.cfg.privileged_dim:  # critic input statistics; the actor's stay as after BC
                 policy.priv_rms.update(torch.as_tensor(batch["obs/privileged"], dtype=torch.float64))
             safe_metrics = explorer.end_iteration() if explorer is not None else {}

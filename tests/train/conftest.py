@@ -111,8 +111,10 @@ def tiny_scene(cost_limit: float = 1.0) -> TinyScene:
     return TinyScene("tiny", Path("tiny.yaml"), safety)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_thread() -> None:
+    """One torch thread for every test here, set before module-scoped fixtures run: a run's float
+    bits depend on the thread count, so the reference run of a resume test must use the same."""
     torch.set_num_threads(1)
 
 

@@ -18,7 +18,7 @@ from safetwin.train.run import run_train
 from .conftest import TINY_ID, tiny_scene
 
 BASE = dict(env_id=TINY_ID, scene="tiny", demo_episodes=4, bc_epochs=3, total_steps=330, num_envs=2,
-            rollout_decisions=12, checkpoint_every=2, progress=False, seed=3)
+            rollout_decisions=12, checkpoint_every=2, progress=False, seed=3, critic_warmup=1)
 
 
 class Killed(Exception):
