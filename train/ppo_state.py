@@ -90,6 +90,11 @@ def load_latest(ckpt_dir: Path, policy: VLAPolicy, ref: VLAPolicy, optim: torch.
     weights, _ = load_tensors(folder / "policy.safetensors")
     policy.load_state_dict(weights, strict=True)
     ref.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ref.")}, strict=True)
+    groups = len(meta["optimizer"]["param_groups"])
+    if groups != len(optim.param_groups):
+        raise CheckpointError(f"{folder}: the optimiser state has {groups} parameter group(s), this trainer "
+                              f"uses {len(optim.param_groups)} (actor, critics): it was written by an older "
+                              "trainer; start a new run from its policy with --pretrained")
     optimizer_from_tensors(optim, tensors, meta["optimizer"], "optim")
     if lagrange is not None:
         if meta["lagrange"] is None or meta["lagrange"]["rule"] != lagrange.name:

@@ -4,13 +4,14 @@ evaluation files; resume after a kill continues identically; strict configs."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from safetensors.torch import load_file
 
 from safetwin.safety.runio import ConfigError, config_from_dict, read_jsonl
-from safetwin.train.checkpoint import load_policy
+from safetwin.train.checkpoint import CheckpointError, load_policy
 from safetwin.train.config import TrainConfig
 from safetwin.train.evaluate import evaluate
 from safetwin.train.run import run_train
@@ -106,4 +107,20 @@ def test_config_is_strict(tmp_path) -> None:  # noqa: ANN001
         TrainConfig(resume=True)
     with pytest.raises(ConfigError, match="latest.json"):
         run_train(TrainConfig(**{**BASE, "run_root": str(tmp_path), "run_id": "none", "resume": True}),
+                  scene=tiny_scene())
+
+
+def test_resume_of_a_one_group_optimizer_state_is_refused(reference_run, tmp_path) -> None:  # noqa: ANN001
+    """A training state from the older trainer (actor and critics in one Adam group) is refused
+    with a message, not loaded into the two-group optimiser."""
+    _, ref_dir = reference_run
+    shutil.copytree(ref_dir, tmp_path / "old")
+    ckpt = tmp_path / "old" / "checkpoints"
+    side = ckpt / json.loads((ckpt / "latest.json").read_text())["dir"] / "train_state.json"
+    meta = json.loads(side.read_text())
+    groups = meta["optimizer"]["param_groups"]
+    meta["optimizer"]["param_groups"] = [{**groups[0], "params": groups[0]["params"] + groups[1]["params"]}]
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="1 parameter group"):
+        run_train(TrainConfig(**{**BASE, "run_root": str(tmp_path), "run_id": "old", "resume": True}),
                   scene=tiny_scene())
