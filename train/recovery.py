@@ -28,7 +28,11 @@ Two forms:
     limits. With ``height_column`` (the features' lowest point of the arm, see
     :class:`~safetwin.train.safe_explore_features.EEFeatures`) the retreat lifts only while that
     point is below ``clearance`` (m above the base plane) and holds above it, so repeated
-    retreats cannot lift the arm without bound;
+    retreats cannot lift the arm without bound. The residual on a retreat acts on translation
+    and gripper only: the recovery acts in long stretches (30-90 % of the steps), and a rotation
+    residual repeated over them drifted the wrist into its joint limits (one BC-seed-3 seed of
+    bench-safe-explore: 811 training violations, 3-8 joint-limit costs per episode; 330 without
+    the rotation residual, against 571 for PPO-Lagrangian alone);
   - ``"policy"``: the frozen pre-trained policy's noise-free chunk (the same feature columns).
 """
 
@@ -108,8 +112,16 @@ class RecoveryPolicy(nn.Module):
             raise ValueError(f"RecoveryPolicy: features must be (B, {self.feature_dim}), got {tuple(feat.shape)}")
         out = torch.tanh(self.net(feat.float()))
         if self.residual_scale > 0:
+            if self.base_kind == "retreat":  # a retreat moves and grips, it does not rotate
+                out = out * self._translation_mask.to(out.device)
             out = (self.base(feat) + self.residual_scale * out).clamp(-1.0, 1.0)
         return out
+
+    @property
+    def _translation_mask(self) -> torch.Tensor:
+        """(A,) 1 on each step's x, y, z and gripper components, 0 on its rotations."""
+        step = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+        return step.repeat(self.action_dim // STEP_DIM)
 
     @torch.no_grad()
     def act(self, feat: torch.Tensor) -> np.ndarray:

@@ -46,6 +46,26 @@ def test_retreat_base_lifts_in_the_first_step_then_holds_with_the_policys_grippe
     assert torch.equal(policy_base, policy_chunk.reshape(8, A))
 
 
+def test_retreat_residual_never_rotates() -> None:
+    """A residual on the retreat moves and grips but leaves the rotations at zero: a rotation
+    residual repeated over the long stretches the recovery acts (up to 90 % of the steps) drifted
+    the wrist into its joint limits on tabletop_push. A policy-base residual keeps all seven."""
+    policy_chunk = torch.zeros(8, K, STEP_DIM)
+    feat = _features(8, policy_chunk)
+    for base_kind in ("retreat", "policy"):
+        rec = RecoveryPolicy(20 + A, A, 32, residual_scale=0.3, base=base_kind, lift=0.0)
+        with torch.no_grad():
+            rec.net[-1].bias.fill_(5.0)  # saturate the residual: tanh ~ 1 in every component
+        dev = (rec(feat) - rec.base(feat)).detach().reshape(8, K, STEP_DIM)
+        rotations = dev[..., 3:6]
+        others = dev[..., [0, 1, 2, GRIPPER_INDEX]]
+        assert torch.allclose(others, torch.full_like(others, 0.3), atol=1e-3)
+        if base_kind == "retreat":
+            assert torch.all(rotations == 0.0)
+        else:
+            assert torch.allclose(rotations, torch.full_like(rotations, 0.3), atol=1e-3)
+
+
 def test_retreat_recovery_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="base must be one of"):
         RecoveryPolicy(20 + A, A, 8, residual_scale=0.3, base="lift")
