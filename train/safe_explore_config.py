@@ -32,8 +32,8 @@ class SafeExploreConfig:
       keep-out and glass violations of its own.
     - **Threshold.** Calibrated for a 5 % false-negative rate: with the retreat, flagging more
       states costs progress rather than safety (same seed: 181 training violations at 5 %,
-      339 at 10 %). The recovery then runs a large share of the steps (23-59 % per seed on
-      ``bench-safe-explore``).
+      339 at 10 %). The recovery then runs a large share of the steps (43-50 % per seed on
+      ``bench-safe-explore``, BC seed 0; 23-59 % before the PPO critic's warm-up).
     - **Rejected proposals.** They cost the task policy 3.0 (``rejection_cost``), so it learns
       to stop proposing what the critic rejects. With 0, screening alone raised the
       violations above the Lagrangian arm's.
