@@ -34,7 +34,7 @@ import numpy as np
 from safetwin.safety.events import EventLog
 from safetwin.safety.runio import ConfigError, atomic_write_json, new_run_dir, save_config
 
-from .deploy_camera import Observer, build_observer, gripper_opening, policy_image_size
+from .deploy_camera import Observer, build_observer, gripper_opening, policy_image_size, policy_uses_wrist
 from .deploy_config import DeployConfig
 from .deploy_io import ArmStopActuator, TelemetryWriter
 from .deploy_loop import ControlLoop
@@ -83,9 +83,6 @@ def _load_policy(cfg: DeployConfig, scene: Any, policy: Any) -> Callable[[Any], 
         raise ConfigError("deploy.checkpoint: a checkpoint needs the scene (spec hash and observation)")
     check_deploy_gate(cfg.checkpoint, scene.safety.sha256(), cfg.port, accept_unaudited=cfg.accept_unaudited)
     vla = load_policy(cfg.checkpoint, scene)
-    if getattr(vla.cfg, "use_wrist", False):
-        raise ConfigError(f"deploy.checkpoint: {cfg.checkpoint} was trained with the wrist camera; the deploy "
-                          "runner feeds the front camera only (train with wrist_camera false to deploy)")
     fn: Callable[[Any], Any] = vla.predict
     screen_file = Path(cfg.checkpoint).parent / "safe_explore.safetensors"
     if cfg.safe_explore == "on" or (cfg.safe_explore == "auto" and screen_file.is_file()):
@@ -98,8 +95,9 @@ def _load_policy(cfg: DeployConfig, scene: Any, policy: Any) -> Callable[[Any], 
     # one inference before the policy thread starts: torch's and the language encoder's first call
     # can outlast the heartbeat timeout (D3) and would block arming
     size = cfg.camera_size or vla.cfg.image_size
-    fn({"image": np.zeros((size, size, 3), np.uint8), "proprio": np.zeros(vla.cfg.proprio_dim, np.float32),
-        "instruction": cfg.instruction})
+    black = np.zeros((size, size, 3), np.uint8)
+    fn({"image": black, "proprio": np.zeros(vla.cfg.proprio_dim, np.float32), "instruction": cfg.instruction,
+        **({"wrist_image": black} if vla.cfg.use_wrist else {})})
     if hasattr(fn, "reset_counters"):
         fn.reset_counters()  # the warm-up call is not a screened decision of the run
     return fn
@@ -188,9 +186,9 @@ def _setup(run: _Run, policy: Any, spec: Any, robot_model: Any, arm: Any,
     run.arm = _connect_arm(cfg, run.sim, arm)
     _check_startup(cfg, run.arm, spec)
     run.observer = build_observer(cfg, scene, spec.joint_names, run.sim.robot if run.sim else None,
-                                  cfg.camera_size or policy_image_size(policy_fn))
+                                  cfg.camera_size or policy_image_size(policy_fn), wrist=policy_uses_wrist(policy_fn))
     if run.sim is not None:
-        run.sim.camera = run.observer.camera
+        run.sim.cameras = [c for c in (run.observer.camera, run.observer.wrist_camera) if c is not None]
     safety_filter = SafetyFilter.from_spec(spec, model, cfg.dt)
     estop_port = run.sim.estop.port if cfg.estop_port == "sim" else cfg.estop_port
     run.monitor = EStopMonitor(estop_port, stale_after_s=cfg.estop_stale_s).start()

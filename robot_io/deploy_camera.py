@@ -1,18 +1,19 @@
 """Camera images for the policy during deploy: the :class:`CameraSource` protocol, the twin's
-front camera for the virtual robot (``port="sim"``), fault injection, and the observation
-builder that the policy thread runs.
+front and wrist cameras for the virtual robot (``port="sim"``), fault injection, and the
+observation builder that the policy thread runs.
 
 A camera source returns ``(image, t_mono)``: a uint8 (H, W, 3) RGB frame and the monotonic time
 (s) it was captured. The :class:`Observer` runs on the **policy thread** (never on the control
 thread, D1): it reads the camera, checks the frame, and builds the observation in the twin env's
 layout, ``proprio = [q (rad), dq (rad/s), gripper opening in [0, 1]]`` float32 with the joints in
-the scene robot's order, the ``image`` and the ``instruction``. It adds ``t_image`` (the frame's
-capture time); the policy thread stamps each chunk with the older of the state and frame times,
+the scene robot's order, the ``image`` (and ``wrist_image`` for a policy trained with the wrist
+camera) and the ``instruction``. It adds ``t_image`` (the frame's capture time, the older one with
+two cameras); the policy thread stamps each chunk with the older of the state and frame times,
 so the control loop's A6/A9 rules also cover the image: a frame older than the staleness timeout
 is treated as missing (:class:`StaleFrameError`, nothing is published: the loop holds, then
 stops), and a chunk planned from an old frame is as old as that frame (hold, then stop).
 
-:class:`TwinCamera` renders the scene's front camera with the twin env's own camera and renderer
+:class:`TwinCamera` renders the scene's front (or wrist) camera with the twin env's own camera and renderer
 (:class:`safetwin.twin.env.TwinEnv` with randomisation off: the nominal camera pose, intrinsics,
 image size and lighting of training), the scene's table and objects at their nominal poses, and
 the arm at the virtual robot's present joint positions (the plant's ground truth, what a real
@@ -35,6 +36,11 @@ logger = logging.getLogger(__name__)
 CAMERA_MODES = ("auto", "sim", "none")
 """``DeployConfig.camera``: ``sim`` (the twin's front camera, port ``sim`` only), ``none`` (a black
 image) or ``auto`` (``sim`` on port ``sim`` with a checkpoint policy, else ``none``)."""
+
+
+CAMERA_VIEWS = ("front", "wrist")
+"""The twin cameras a policy can see: the fixed ``front`` one (``obs["image"]``) and the scene's
+``wrist`` one (``obs["wrist_image"]``, for policies trained with ``wrist_camera``)."""
 
 
 class CameraError(RuntimeError):
@@ -91,7 +97,7 @@ def gripper_opening(position_m: float, open_m: float, closed_m: float) -> float:
 
 
 class TwinCamera:
-    """The scene's front camera, rendered by the twin env (see the module docstring).
+    """One of the scene's cameras, rendered by the twin env (see the module docstring).
 
     Args:
         scene: scene name, path or ``Scene``.
@@ -99,22 +105,29 @@ class TwinCamera:
             for fingers); called at every :meth:`read`.
         image_size: side of the square image (pixels), as the policy was trained with.
         clock: monotonic clock (s).
+        view: ``"front"`` (the scene's fixed camera, the policy's ``image``) or ``"wrist"`` (the
+            camera on the scene's wrist link, the policy's ``wrist_image``; it moves with the arm).
 
     Raises:
         KeyError: a joint of ``joint_positions()`` is not in the scene robot's URDF.
+        ValueError: ``view`` is unknown, or ``"wrist"`` for a scene without ``cameras.wrist``.
     """
 
     def __init__(self, scene: Any, joint_positions: Callable[[], Mapping[str, float]], image_size: int = 64,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, view: str = "front") -> None:
         import pybullet as p
 
         from safetwin.twin.env import TwinEnv
 
-        self._p, self.joint_positions, self.clock = p, joint_positions, clock
+        if view not in CAMERA_VIEWS:
+            raise ValueError(f"twin camera: view {view!r} not in {list(CAMERA_VIEWS)}")
+        self._p, self.joint_positions, self.clock, self.view = p, joint_positions, clock, view
         self._lock = threading.Lock()
         self.env = TwinEnv(scene, image_size=image_size, randomize=False, render_mode="rgb_array",
                            render_size=image_size)
         try:
+            if view == "wrist" and self.env.scene.wrist_camera is None:
+                raise ValueError(f"twin camera: scene {self.env.scene.name!r} has no cameras.wrist")
             self.env.reset(seed=0)  # the nominal scene: objects at their scene poses, no jitter
             self._client, self._body = self.env.world.client, self.env.world.robot
             self._index = {p.getJointInfo(self._body, j, physicsClientId=self._client)[1].decode(): j
@@ -130,7 +143,7 @@ class TwinCamera:
         self.frames = 0
 
     def read(self) -> tuple[np.ndarray, float]:
-        """Pose the twin's arm at the present joint values and render the front camera."""
+        """Pose the twin's arm at the present joint values and render this camera's view."""
         p = self._p
         with self._lock:
             if self.env is None:
@@ -139,7 +152,7 @@ class TwinCamera:
             t_capture = self.clock()
             for name, value in positions.items():
                 p.resetJointState(self._body, self._index[name], float(value), 0.0, physicsClientId=self._client)
-            image = self.env.render()
+            image = self.env.render() if self.view == "front" else self.env.render_wrist()
             self.frames += 1
         return image, t_capture
 
@@ -198,17 +211,23 @@ class Observer:
             (None: already in order).
         opening: initial gripper opening in [0, 1] (see :meth:`set_gripper`).
         clock: monotonic clock (s).
+        wrist: the policy also sees a wrist camera: the observation gets ``wrist_image`` (of
+            ``image_shape``; black without ``wrist_camera``) and ``t_image`` is the older of the
+            two frames' times, so either camera going stale stops the chunks (A6).
+        wrist_camera: the wrist camera source (implies ``wrist``).
     """
 
     def __init__(self, instruction: str, camera: CameraSource | None = None,
                  image_shape: tuple[int, int, int] = (64, 64, 3), max_frame_age_s: float = 0.5,
                  order: Sequence[int] | None = None, opening: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, wrist: bool = False,
+                 wrist_camera: CameraSource | None = None) -> None:
         if len(image_shape) != 3 or image_shape[2] != 3 or min(image_shape) < 1:
             raise ValueError(f"Observer: image_shape must be (H, W, 3), got {image_shape}")
         if not max_frame_age_s > 0:
             raise ValueError(f"Observer: max_frame_age_s must be > 0 s, got {max_frame_age_s}")
         self.instruction, self.camera, self.clock = instruction, camera, clock
+        self.wrist_camera, self.wrist = wrist_camera, bool(wrist or wrist_camera is not None)
         self.image_shape, self.max_frame_age_s = tuple(image_shape), float(max_frame_age_s)
         self.order = None if order is None else np.asarray(order, dtype=int)
         self.opening = float(opening)
@@ -222,31 +241,52 @@ class Observer:
         self.opening = float(opening)
 
     def close(self) -> None:
-        """Close the camera (after the policy thread has stopped)."""
-        if self.camera is not None:
-            self.camera.close()
+        """Close the cameras (after the policy thread has stopped)."""
+        for camera in (self.camera, self.wrist_camera):
+            if camera is not None:
+                camera.close()
 
     def __call__(self, state: Mapping[str, Any]) -> dict[str, Any]:
         q, dq = np.asarray(state["q"], dtype=float), np.asarray(state["dq"], dtype=float)
         if self.order is not None:
             q, dq = q[self.order], dq[self.order]
         proprio = np.concatenate([q, dq, [self.opening]]).astype(np.float32)
-        image, t_image = self._blank, None
-        if self.camera is not None:
-            image, t_image = check_frame(self.camera.read(), self.image_shape, self.clock(), self.max_frame_age_s)
+        image, t_image = self._read(self.camera, "camera")
+        obs = {**state, "proprio": proprio, "image": image, "instruction": self.instruction, "t_image": t_image}
+        if self.wrist:
+            obs["wrist_image"], t_wrist = self._read(self.wrist_camera, "wrist camera")
+            if t_wrist is not None:
+                obs["t_image"] = t_wrist if t_image is None else min(t_image, t_wrist)
+        if self.camera is not None or self.wrist_camera is not None:
             self.frames += 1
-        return {**state, "proprio": proprio, "image": image, "instruction": self.instruction, "t_image": t_image}
+        return obs
+
+    def _read(self, camera: CameraSource | None, name: str) -> tuple[np.ndarray, float | None]:
+        """One checked frame of ``camera`` (black, no time, without one)."""
+        if camera is None:
+            return self._blank, None
+        return check_frame(camera.read(), self.image_shape, self.clock(), self.max_frame_age_s, name)
 
 
 def policy_image_size(policy: Any, default: int = 64) -> int:
     """The image side a policy was trained on: ``policy.cfg.image_size`` of a VLA (or of the object
     a bound ``predict`` belongs to), else ``default``."""
-    owner = getattr(policy, "__self__", policy)
-    size = getattr(getattr(owner, "cfg", None), "image_size", None)
+    size = getattr(_policy_cfg(policy), "image_size", None)
     return int(size) if isinstance(size, int) and size > 0 else default
 
 
-def build_observer(cfg: Any, scene: Any, joint_names: Sequence[str], robot: Any, image_size: int) -> Observer:
+def policy_uses_wrist(policy: Any) -> bool:
+    """Whether a policy was trained with the wrist camera (``cfg.use_wrist`` of a VLA, or of the
+    object a bound ``predict`` belongs to): its observation needs ``wrist_image``."""
+    return getattr(_policy_cfg(policy), "use_wrist", False) is True
+
+
+def _policy_cfg(policy: Any) -> Any:
+    return getattr(getattr(policy, "__self__", policy), "cfg", None)
+
+
+def build_observer(cfg: Any, scene: Any, joint_names: Sequence[str], robot: Any, image_size: int,
+                   wrist: bool = False) -> Observer:
     """The deploy runner's observer for ``cfg`` (a ``DeployConfig``).
 
     Args:
@@ -255,10 +295,13 @@ def build_observer(cfg: Any, scene: Any, joint_names: Sequence[str], robot: Any,
         joint_names: the state's joints (the safety spec's order).
         robot: the started ``VirtualRobot`` (its plant poses the rendered arm) or None.
         image_size: image side (pixels).
+        wrist: the policy also sees the wrist camera (rendered from the scene's ``cameras.wrist``
+            with the sim camera; black with ``camera: none``).
 
     Raises:
-        ConfigError: the sim camera without a scene or a virtual robot, or the scene robot's joints
-            differ from ``joint_names`` (the proprio layout would be wrong).
+        ConfigError: the sim camera without a scene or a virtual robot, a wrist policy on a scene
+            without a wrist camera, or the scene robot's joints differ from ``joint_names`` (the
+            proprio layout would be wrong).
     """
     from safetwin.safety.runio import ConfigError
 
@@ -269,14 +312,19 @@ def build_observer(cfg: Any, scene: Any, joint_names: Sequence[str], robot: Any,
             raise ConfigError(f"deploy.scene: {scene.path}: robot joints {list(robot_names)} differ from the "
                               f"controlled joints {list(joint_names)}; the policy's proprio would be wrong")
         order = [list(joint_names).index(n) for n in robot_names]
-    camera: CameraSource | None = None
+    cameras: list[CameraSource] = []
     if cfg.camera_mode == "sim":
         if scene is None or robot is None or not hasattr(robot, "joint_positions"):
             raise ConfigError("deploy.camera: 'sim' needs the scene and the pybullet virtual robot (port 'sim')")
         try:
-            camera = InjectingCamera(TwinCamera(scene, virtual_robot_joints(robot), image_size))
-        except (ImportError, KeyError) as exc:
+            for view in ("front", "wrist") if wrist else ("front",):
+                cameras.append(InjectingCamera(TwinCamera(scene, virtual_robot_joints(robot), image_size, view=view)))
+        except (ImportError, KeyError, ValueError) as exc:
+            for camera in cameras:
+                camera.close()
             raise ConfigError(f"deploy.camera: cannot render scene {cfg.scene!r}: {exc}") from exc
     elif cfg.checkpoint:
-        logger.warning("deploy.camera is 'none': the checkpoint policy sees a black image")
-    return Observer(cfg.instruction, camera, (image_size, image_size, 3), cfg.staleness_timeout_s, order)
+        logger.warning("deploy.camera is 'none': the checkpoint policy sees black images")
+    front, wrist_camera = (cameras + [None, None])[:2]
+    return Observer(cfg.instruction, front, (image_size, image_size, 3), cfg.staleness_timeout_s, order,
+                    wrist=wrist, wrist_camera=wrist_camera)

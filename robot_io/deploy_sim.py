@@ -33,7 +33,7 @@ class SimRig:
         self.robot: VirtualRobot | None = robot
         self._owns_robot = robot is None
         self.estop: EStopEmulator | None = None
-        self.camera: InjectingCamera | None = None  # the policy's sim camera, when the runner made one
+        self.cameras: list[InjectingCamera] = []  # the policy's sim cameras (front, wrist), when the runner made them
         try:
             if bus and robot is None:
                 self.robot = (VirtualRobot.kinematic(servos) if servos else VirtualRobot.from_scene(scene)).start()
@@ -61,9 +61,10 @@ class SimRig:
         if kind in ("nan_action", "stale_action", "policy_freeze"):
             policy.mode = {"nan_action": "nan", "stale_action": "stale", "policy_freeze": "freeze"}[kind]
         elif kind in ("camera_freeze", "camera_fail"):
-            if self.camera is None:
+            if not self.cameras:
                 raise RuntimeError(f"fault {kind} needs the sim camera (camera='sim')")
-            self.camera.mode = kind.split("_")[1]
+            for camera in self.cameras:  # the camera host hangs or fails: every view it serves
+                camera.mode = kind.split("_")[1]
         elif kind == "estop_press":
             estop.press()
         elif kind == "estop_stale":

@@ -130,6 +130,11 @@ class ScreenedPolicy:
         self.last_info: Any = None
         self.decisions = self.rejections = self.recoveries = self.faults = 0
 
+    @property
+    def cfg(self) -> Any:
+        """The task policy's config: the deploy observer reads its image size and wrist camera."""
+        return self.policy.cfg
+
     def reset_counters(self) -> None:
         self.decisions = self.rejections = self.recoveries = self.faults = 0
 

@@ -168,6 +168,16 @@ class TwinEnv(gym.Env):
         big = Camera(c.eye, c.target, c.up, c.fov_deg, c.near, c.far, self.render_size, self.render_size)
         return self.renderer.render(big, self._light)
 
+    def render_wrist(self) -> np.ndarray:
+        """The scene's wrist camera at the arm's present pose, ``render_size`` square (uint8 RGB).
+
+        Raises:
+            ValueError: the scene has no ``cameras.wrist``.
+        """
+        if self.world.scene.wrist_camera is None:
+            raise ValueError(f"{self.world.scene.path}: the scene has no cameras.wrist to render")
+        return self.renderer.render(self.world.wrist_camera(self.render_size), self._light)
+
     def close(self) -> None:
         if getattr(self, "renderer", None) is not None:
             self.renderer.close()

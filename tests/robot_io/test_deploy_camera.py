@@ -253,10 +253,12 @@ def test_frozen_or_failed_camera_holds_then_stops_a6(tmp_path, twin_env, fault):
 
 
 @pytest.mark.slow
-def test_checkpoint_policy_gets_the_sim_camera_by_default(tmp_path, twin_env, monkeypatch):
+@pytest.mark.parametrize("use_wrist", [False, True])
+def test_checkpoint_policy_gets_the_sim_camera_by_default(tmp_path, twin_env, monkeypatch, use_wrist):
     """A saved (untrained) CompactVLA deployed from its checkpoint on port 'sim' with the default
-    ``camera: auto``: the VLA receives the twin's rendered front view (not black) and the proprio of
-    the env's layout, and its chunks drive the loop."""
+    ``camera: auto``: the VLA receives the twin's rendered front view (not black; with
+    ``use_wrist`` also the wrist view) and the proprio of the env's layout, and its chunks drive
+    the loop."""
     from safetwin.train.checkpoint import save_policy
     from safetwin.train.language import LanguageEncoder
     from safetwin.train.policy import CompactVLA, PolicyConfig
@@ -264,14 +266,14 @@ def test_checkpoint_policy_gets_the_sim_camera_by_default(tmp_path, twin_env, mo
 
     scene = load_scene("tabletop_push")
     n = len(scene.robot.joint_names)
-    policy = CompactVLA(PolicyConfig(proprio_dim=2 * n + 1, chunk_len=4), LanguageEncoder())
+    policy = CompactVLA(PolicyConfig(proprio_dim=2 * n + 1, chunk_len=4, use_wrist=use_wrist), LanguageEncoder())
     path = save_policy(tmp_path / "policy.safetensors", policy, safety_spec_sha256=scene.safety.sha256(),
                        scene={"name": scene.name}, step=0, lam=0.0, config={})
     seen = []
     original = CompactVLA.predict
 
     def predict(self, obs):
-        seen.append((obs["image"].copy(), obs["proprio"].copy()))
+        seen.append((obs["image"].copy(), obs["proprio"].copy(), obs.get("wrist_image")))
         return original(self, obs)
 
     monkeypatch.setattr(CompactVLA, "predict", predict)
@@ -284,6 +286,7 @@ def test_checkpoint_policy_gets_the_sim_camera_by_default(tmp_path, twin_env, mo
     seen = seen[1:]
     assert summary["camera"]["mode"] == "sim" and summary["camera"]["frames"] >= len(seen) >= 5
     assert summary["policy"]["errors"] == 0 and summary["policy"]["chunks"] >= 5
-    assert all(img.shape == (64, 64, 3) and img.std() > 10 for img, _ in seen)
-    assert all(pro.shape == (2 * n + 1,) for _, pro in seen)
+    assert all(img.shape == (64, 64, 3) and img.std() > 10 for img, _, _ in seen)
+    assert all(pro.shape == (2 * n + 1,) for _, pro, _ in seen)
+    assert all((wrist is not None and wrist.std() > 10) if use_wrist else wrist is None for _, _, wrist in seen)
     assert sum(r["filter"] is not None for r in tele) > 50

@@ -71,14 +71,25 @@ def test_screen_off_and_required_but_missing(checkpoint, tmp_path):
         cfg(lone, safe_explore="maybe")
 
 
-def test_wrist_camera_policy_is_refused_before_motion(tmp_path):
-    """The runner has no wrist camera yet: a policy trained with one is refused at load time
-    (a clear error) instead of failing every inference on the robot."""
-    from safetwin.safety.runio import ConfigError
+def test_wrist_camera_policy_loads_and_asks_for_the_wrist_view(tmp_path):
+    """A policy trained with the wrist camera loads (its warm-up inference gets a wrist image), and
+    screened or not, the runner sees that its observation needs ``wrist_image``."""
+    from safetwin.robot_io.deploy_camera import policy_image_size, policy_uses_wrist
 
     policy = CompactVLA(PolicyConfig(proprio_dim=13, privileged_dim=0, chunk_len=2, hidden=32, feat_dim=16,
                                      use_wrist=True))
     path = save_policy(tmp_path / "policy.safetensors", policy, safety_spec_sha256=SCENE.safety.sha256(),
                        scene={"name": SCENE.name, "path": "reach_avoid"}, step=0, lam=0.0, config={})
-    with pytest.raises(ConfigError, match="wrist camera"):
-        _load_policy(cfg(path), SCENE, None)
+    fn = _load_policy(cfg(path), SCENE, None)
+    assert policy_uses_wrist(fn) and policy_image_size(fn) == 64
+    with pytest.raises(KeyError, match="wrist_image"):
+        fn(obs())  # without the wrist view it cannot act: the policy thread publishes nothing
+    wrist = {**obs(), "wrist_image": np.zeros((64, 64, 3), np.uint8)}
+    assert fn(wrist).shape == (2, 7)
+    feat = PolicyFeaturizer(fn.__self__)
+    screen = SafeExploreScreen(SafetyCritic(feat.feature_dim, 14, 32), RecoveryPolicy(feat.feature_dim, 14, 32),
+                               feat, 0.5, 2, (2, 7))
+    save_safe_explore(tmp_path / "safe_explore.safetensors", screen, safety_spec_sha256=SCENE.safety.sha256())
+    screened = _load_policy(cfg(path), SCENE, None)
+    assert isinstance(screened, ScreenedPolicy) and policy_uses_wrist(screened)
+    assert screened(wrist).shape == (2, 7) and screened.counters()["screen_faults"] == 0
