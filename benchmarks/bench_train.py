@@ -117,7 +117,7 @@ def bench_scene(scene: str, args: argparse.Namespace, root: Path) -> dict[str, A
            "samples_per_s": float(np.mean(sps)),
            "sb3_samples_per_s": sb3_samples_per_s(scene, args.num_envs, args.sb3_steps, args.seed,
                                                   wrist_camera=common["wrist_camera"]),
-           "steps": args.steps, "eval_episodes": args.episodes, "recipe": recipe(scene, args),
+           "steps": args.steps, "eval_episodes": args.episodes, "recipe": {k: common[k] for k in ("wrist_camera", "bc_loss")},
            "run_dirs": [str(rl_dir), str(ppo_dir)]}
     out["targets"] = {"rl_cost_within_limit": out["rl_mean_cost"] <= out["cost_limit"],
                       "rl_success_gain": out["rl_success"] >= min(out["bc_success"] + 0.10, 0.95),

@@ -107,6 +107,7 @@ class TwinCamera:
         clock: monotonic clock (s).
         view: ``"front"`` (the scene's fixed camera, the policy's ``image``) or ``"wrist"`` (the
             camera on the scene's wrist link, the policy's ``wrist_image``; it moves with the arm).
+            :meth:`view_source` serves the other view from the same twin world.
 
     Raises:
         KeyError: a joint of ``joint_positions()`` is not in the scene robot's URDF.
@@ -119,15 +120,12 @@ class TwinCamera:
 
         from safetwin.twin.env import TwinEnv
 
-        if view not in CAMERA_VIEWS:
-            raise ValueError(f"twin camera: view {view!r} not in {list(CAMERA_VIEWS)}")
         self._p, self.joint_positions, self.clock, self.view = p, joint_positions, clock, view
         self._lock = threading.Lock()
         self.env = TwinEnv(scene, image_size=image_size, randomize=False, render_mode="rgb_array",
                            render_size=image_size)
         try:
-            if view == "wrist" and self.env.scene.wrist_camera is None:
-                raise ValueError(f"twin camera: scene {self.env.scene.name!r} has no cameras.wrist")
+            self._check_view(view)
             self.env.reset(seed=0)  # the nominal scene: objects at their scene poses, no jitter
             self._client, self._body = self.env.world.client, self.env.world.robot
             self._index = {p.getJointInfo(self._body, j, physicsClientId=self._client)[1].decode(): j
@@ -142,8 +140,24 @@ class TwinCamera:
         self.shape = (image_size, image_size, 3)
         self.frames = 0
 
+    def _check_view(self, view: str) -> None:
+        if view not in CAMERA_VIEWS:
+            raise ValueError(f"twin camera: view {view!r} not in {list(CAMERA_VIEWS)}")
+        if view == "wrist" and self.env.scene.wrist_camera is None:
+            raise ValueError(f"twin camera: scene {self.env.scene.name!r} has no cameras.wrist")
+
+    def view_source(self, view: str) -> CameraSource:
+        """A camera source for another ``view`` of this twin world (one world for all views; this
+        camera's :meth:`close` releases it)."""
+        self._check_view(view)
+        return _TwinView(self, view)
+
     def read(self) -> tuple[np.ndarray, float]:
         """Pose the twin's arm at the present joint values and render this camera's view."""
+        return self.read_view(self.view)
+
+    def read_view(self, view: str) -> tuple[np.ndarray, float]:
+        """Pose the twin's arm at the present joint values and render ``view``."""
         p = self._p
         with self._lock:
             if self.env is None:
@@ -152,7 +166,7 @@ class TwinCamera:
             t_capture = self.clock()
             for name, value in positions.items():
                 p.resetJointState(self._body, self._index[name], float(value), 0.0, physicsClientId=self._client)
-            image = self.env.render() if self.view == "front" else self.env.render_wrist()
+            image = self.env.render() if view == "front" else self.env.render_wrist()
             self.frames += 1
         return image, t_capture
 
@@ -161,6 +175,19 @@ class TwinCamera:
             if self.env is not None:
                 self.env.close()
                 self.env = None
+
+
+class _TwinView:
+    """Another view of a :class:`TwinCamera`'s world (see :meth:`TwinCamera.view_source`)."""
+
+    def __init__(self, camera: TwinCamera, view: str) -> None:
+        self.camera, self.view = camera, view
+
+    def read(self) -> tuple[np.ndarray, float]:
+        return self.camera.read_view(self.view)
+
+    def close(self) -> None:
+        """Nothing to release: the owning camera closes the shared world."""
 
 
 def virtual_robot_joints(robot: Any) -> Callable[[], dict[str, float]]:
@@ -312,19 +339,21 @@ def build_observer(cfg: Any, scene: Any, joint_names: Sequence[str], robot: Any,
             raise ConfigError(f"deploy.scene: {scene.path}: robot joints {list(robot_names)} differ from the "
                               f"controlled joints {list(joint_names)}; the policy's proprio would be wrong")
         order = [list(joint_names).index(n) for n in robot_names]
-    cameras: list[CameraSource] = []
+    front: CameraSource | None = None
+    wrist_camera: CameraSource | None = None
     if cfg.camera_mode == "sim":
         if scene is None or robot is None or not hasattr(robot, "joint_positions"):
             raise ConfigError("deploy.camera: 'sim' needs the scene and the pybullet virtual robot (port 'sim')")
+        twin = None
         try:
-            for view in ("front", "wrist") if wrist else ("front",):
-                cameras.append(InjectingCamera(TwinCamera(scene, virtual_robot_joints(robot), image_size, view=view)))
+            twin = TwinCamera(scene, virtual_robot_joints(robot), image_size)
+            wrist_camera = InjectingCamera(twin.view_source("wrist")) if wrist else None
         except (ImportError, KeyError, ValueError) as exc:
-            for camera in cameras:
-                camera.close()
+            if twin is not None:
+                twin.close()
             raise ConfigError(f"deploy.camera: cannot render scene {cfg.scene!r}: {exc}") from exc
+        front = InjectingCamera(twin)
     elif cfg.checkpoint:
         logger.warning("deploy.camera is 'none': the checkpoint policy sees black images")
-    front, wrist_camera = (cameras + [None, None])[:2]
     return Observer(cfg.instruction, front, (image_size, image_size, 3), cfg.staleness_timeout_s, order,
                     wrist=wrist, wrist_camera=wrist_camera)

@@ -104,8 +104,9 @@ class DeployConfig:
         auto_arm: send the arm command once the e-stop permits at start.
         instruction: language instruction given to a checkpoint policy.
         camera: the policy's camera: ``sim`` (the twin's front camera of ``scene``, and its wrist
-            camera for a policy trained with one, with the virtual robot's arm pose; port ``sim`` only), ``none`` (a black image) or ``auto`` (``sim`` on
-            port ``sim`` with a checkpoint, else ``none``). A frame older than
+            camera for a policy trained with one, with the virtual robot's arm pose; port ``sim``
+            only), ``none`` (black images) or ``auto`` (``sim`` on port ``sim`` with a checkpoint,
+            else ``none``). A frame older than
             ``staleness_timeout_s`` is missing: the policy publishes nothing (hold, then stop, A6).
         camera_size: image side (pixels); 0 takes the checkpoint's ``image_size`` (64 without one).
         estop_script: ``[[t_s, press|release|reset|arm], ...]`` operator/e-stop events (sim e-stop).

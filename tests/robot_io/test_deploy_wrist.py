@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from safetwin.robot_io.deploy import DeployConfig, run_deploy
-from safetwin.robot_io.deploy_camera import Observer, StaleFrameError, TwinCamera, policy_uses_wrist
+from safetwin.robot_io.deploy_camera import (
+    CameraError,
+    Observer,
+    StaleFrameError,
+    TwinCamera,
+    policy_uses_wrist,
+)
 from safetwin.robot_io.deploy_policy import ScriptedPolicy
 from safetwin.safety.runio import config_from_dict, read_jsonl
 
@@ -90,15 +96,19 @@ def test_twin_wrist_camera_matches_the_training_env_and_follows_the_arm(twin_env
     finally:
         env.close()
     pose = dict(home)
-    wrist = TwinCamera("tabletop_push", lambda: pose, 64, view="wrist")
+    alone = TwinCamera("tabletop_push", lambda: pose, 64, view="wrist")
     front = TwinCamera("tabletop_push", lambda: pose, 64)
+    wrist = front.view_source("wrist")  # the deploy runner's: one twin world for both views
     try:
         at_home, front_home = wrist.read()[0].astype(int), front.read()[0].astype(int)
+        np.testing.assert_array_equal(alone.read()[0], at_home)
         pose["wrist_angle"] = home["wrist_angle"] - 0.6
         turned = wrist.read()[0].astype(int)
     finally:
-        wrist.close()
+        alone.close()
         front.close()
+    with pytest.raises(CameraError, match="closed"):
+        wrist.read()
     assert np.abs(at_home - reference).mean() < 3.0
     assert np.abs(at_home - front_home).mean() > 10.0
     assert np.abs(turned - at_home).mean() > 1.0
@@ -107,6 +117,12 @@ def test_twin_wrist_camera_matches_the_training_env_and_follows_the_arm(twin_env
 def test_twin_camera_refuses_an_unknown_view(twin_env):
     with pytest.raises(ValueError, match="view 'top'"):
         TwinCamera("tabletop_push", dict, 64, view="top")
+    camera = TwinCamera("tabletop_push", dict, 64)
+    try:
+        with pytest.raises(ValueError, match="view 'top'"):
+            camera.view_source("top")
+    finally:
+        camera.close()
 
 
 class WristRecorder:
