@@ -43,6 +43,10 @@ class TrainConfig:
         episodes) sampling at -3 gave success 0.50 and cost 3.80 where the deterministic policy
         gave 0.68 and 0.52; at -4 sampling gave 0.72 and 0.42. Fine-tuning at -4 from the same BC
         policy kept the multiplier near 1.2 but learnt less: 0.60 and 0.60, against 0.68 and 0.52 at -3.
+    finetune_log_std_end: log std at total_steps, annealed linearly from finetune_log_std (None: PPO learns it).
+        In [-5, 0]; the scheduled log std (compact or residual policy) is not learnt. The sampled
+        policy, whose cost the multiplier sees, thus converges to the deterministic one that is
+        evaluated and deployed.
     num_envs: parallel envs.
     vector: "sync" (SyncVectorEnv) or "async" (AsyncVectorEnv, shared_memory=False).
     rollout_decisions: decisions per env per iteration.
@@ -100,6 +104,7 @@ class TrainConfig:
     bc_loss: str = "mse"
     total_steps: int = 20000
     finetune_log_std: float = -3.0
+    finetune_log_std_end: float | None = None
     num_envs: int = 4
     vector: str = "sync"
     rollout_decisions: int = 64
@@ -131,6 +136,17 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        self._check_ranges()
+        if self.num_minibatches > self.num_envs * self.rollout_decisions:
+            raise ConfigError("train.num_minibatches exceeds the transitions per iteration "
+                              f"({self.num_envs} x {self.rollout_decisions})")
+        if not self.pretrained and self.demo_episodes < 1 and not self.resume:
+            raise ConfigError("train.demo_episodes must be >= 1 when no pretrained checkpoint is given")
+        if self.resume and not self.run_id:
+            raise ConfigError("train.resume needs train.run_id (the run to continue)")
+
+    def _check_ranges(self) -> None:
+        """Each numeric option in its documented range (ConfigError naming the option)."""
         positive = ("chunk_len", "bc_epochs", "bc_batch_size", "num_envs", "rollout_decisions",
                     "update_epochs", "num_minibatches", "checkpoint_every")
         for name in positive:
@@ -146,15 +162,10 @@ class TrainConfig:
         for name in ("bc_lr", "lr", "critic_lr", "clip_coef", "max_grad_norm", "lagrange_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        if not -5.0 <= self.finetune_log_std <= 0.0:
-            raise ConfigError(f"train.finetune_log_std must be in [-5, 0], got {self.finetune_log_std}")
-        if self.num_minibatches > self.num_envs * self.rollout_decisions:
-            raise ConfigError("train.num_minibatches exceeds the transitions per iteration "
-                              f"({self.num_envs} x {self.rollout_decisions})")
-        if not self.pretrained and self.demo_episodes < 1 and not self.resume:
-            raise ConfigError("train.demo_episodes must be >= 1 when no pretrained checkpoint is given")
-        if self.resume and not self.run_id:
-            raise ConfigError("train.resume needs train.run_id (the run to continue)")
+        for name in ("finetune_log_std", "finetune_log_std_end"):
+            value = getattr(self, name)
+            if value is not None and not -5.0 <= value <= 0.0:
+                raise ConfigError(f"train.{name} must be in [-5, 0], got {value}")
 
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``gymnasium.make(env_id, ...)``."""

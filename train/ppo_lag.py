@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from safetwin.safety.runio import JsonlWriter
+from safetwin.safety.runio import ConfigError, JsonlWriter
 
 from .buffer import RolloutBuffer
 from .config import TrainConfig
@@ -191,6 +191,29 @@ def ppo_update(policy: VLAPolicy, optim: torch.optim.Optimizer, batch: dict[str,
     return {f"losses/{k}": float(np.mean(v)) for k, v in stats.items() if v}
 
 
+def scheduled_log_std(cfg: TrainConfig, global_step: int) -> float | None:
+    """Exploration log std of the rollout that starts at ``global_step`` (None: PPO learns it).
+
+    Linear in env steps from ``cfg.finetune_log_std`` to ``cfg.finetune_log_std_end`` at
+    ``cfg.total_steps``; a function of the step alone, so a resumed run follows the same schedule.
+    """
+    if cfg.finetune_log_std_end is None:
+        return None
+    frac = min(global_step / max(cfg.total_steps, 1), 1.0)
+    return cfg.finetune_log_std + frac * (cfg.finetune_log_std_end - cfg.finetune_log_std)
+
+
+def _scheduled_policy(policy: VLAPolicy, cfg: TrainConfig) -> None:
+    """With a log-std schedule the optimiser must not learn the log std: freeze it (before the optimiser)."""
+    if cfg.finetune_log_std_end is None:
+        return
+    log_std = getattr(policy, "log_std", None)
+    if not isinstance(log_std, nn.Parameter):
+        raise ConfigError(f"train.finetune_log_std_end: {type(policy).__name__} has no state-independent "
+                          "log_std parameter to schedule")
+    log_std.requires_grad_(False)
+
+
 def episode_metrics(episodes: list[dict[str, float]], last: dict[str, float]) -> dict[str, float]:
     """Means over the episodes finished in this iteration (the previous values when none did)."""
     if not episodes:
@@ -215,6 +238,7 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
     ckpt_dir = run_dir / "checkpoints"
     cost_limit = cfg.cost_limit if cfg.cost_limit >= 0 else float(scene_info["cost_limit"])
     lagrange = make_lagrange(cfg.lagrange, cost_limit, **cfg.lagrange_kwargs()) if cfg.lagrange != "none" else None
+    _scheduled_policy(policy, cfg)
     optim = make_optimizer(policy, cfg)
     torch.manual_seed(cfg.seed)
     state = PPOState(rng=np.random.default_rng(cfg.seed))
@@ -241,6 +265,10 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
                 obs, _ = envs.reset(seed=cfg.seed + 7919 * it)
             # ---------------------------------------------------------- rollout
             policy.eval()
+            log_std = scheduled_log_std(cfg, state.global_step)
+            if log_std is not None:
+                with torch.no_grad():
+                    policy.log_std.fill_(log_std)
             episodes: list[dict[str, float]] = []
             buf.reset()
             obs, n_steps = collect_rollout(policy, envs, obs, buf, episodes, explorer)
@@ -268,7 +296,8 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
             state.last_episode_metrics = ep
             sps = n_steps / max(time.perf_counter() - t0, 1e-9)
             record = {"step": state.global_step, "iteration": state.iteration, **ep, **losses,
-                      "charts/samples_per_s": sps, "safety/lambda": state.lam,
+                      "charts/samples_per_s": sps, "charts/action_log_std": _mean_log_std(policy),
+                      "safety/lambda": state.lam,
                       "safety/cost_limit": cost_limit, "losses/bc_reg_coef": bc_coef, **safe_metrics}
             metrics_log.write(record)
             for key, value in record.items():
@@ -294,6 +323,11 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
         metrics_log.close()
         envs.close()
     return state
+
+
+def _mean_log_std(policy: VLAPolicy) -> float | None:
+    log_std = getattr(policy, "log_std", None)
+    return float(log_std.detach().mean()) if isinstance(log_std, torch.Tensor) else None
 
 
 def _safe_explorer(cfg: TrainConfig, policy: VLAPolicy, ckpt_dir: Path, resume: bool) -> SafeExplorer | None:
