@@ -7,12 +7,17 @@ on the same seeds. The policy emits chunks (k, 7) that are executed step by step
 
 Writes (atomically) ``<out_dir>/episodes.jsonl`` (one record per episode and mode: ``mode,
 episode, seed, success, return, cost, costs{category}, length, min_fragile_distance (m),
+final_goal_distance (m, the env's ``goal_distance`` at the end; None when the env has none),
+truncated (the episode ran out of time),
 filter_interventions, filter_infeasible, min_barrier, max_ee_speed (m/s),
 max_contact_force (N), inference_latency_ms [per decision]``) and ``<out_dir>/summary.json``
 (``checkpoint, checkpoint_sha256, safety_spec_sha256, scene, episodes, seed, modes{mode:
 {success_rate, mean_return, mean_cost, cost_limit, mean_costs{category}, mean_length,
 min_fragile_distance, filter_interventions, filter_infeasible, min_barrier,
-inference_latency_ms{p50, p99, mean}}}``).
+inference_latency_ms{p50, p99, mean}, failures}}}``). ``failures`` says how the failed
+episodes ended: ``{episodes, timeouts`` (truncated), ``terminated`` (ended early without
+success, e.g. a severe collision), ``final_goal_distance_m{p50, max}}`` (None without failures
+or distances).
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ def run_episode(env: gym.Env, policy: VLAPolicy, seed: int) -> dict[str, Any]:
     obs, info = env.reset(seed=seed)
     rec: dict[str, Any] = {"seed": seed, "return": 0.0, "cost": 0.0, "length": 0,
                            "costs": dict.fromkeys(COST_CATEGORIES, 0.0),
-                           "min_fragile_distance": math.inf, "max_ee_speed": 0.0, "max_contact_force": 0.0}
+                           "min_fragile_distance": math.inf, "max_ee_speed": 0.0, "max_contact_force": 0.0,
+                           "final_goal_distance": None}
     acc = {"filter_interventions": 0.0, "filter_infeasible": 0.0, "min_barrier": math.inf}
     latency: list[float] = []
     done = False
@@ -88,6 +94,9 @@ def run_episode(env: gym.Env, policy: VLAPolicy, seed: int) -> dict[str, Any]:
             if done:
                 break
     rec["success"] = bool(info.get("is_success", False))
+    rec["truncated"] = bool(truncated)
+    if "goal_distance" in info:
+        rec["final_goal_distance"] = float(info["goal_distance"])
     rec.update(acc)
     rec["inference_latency_ms"] = latency
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in rec.items()}
@@ -108,7 +117,17 @@ def _summary(records: list[dict[str, Any]], cost_limit: float) -> dict[str, Any]
             "filter_infeasible": float(sum(r["filter_infeasible"] for r in records)),
             "min_barrier": min(barriers) if barriers else None,
             "inference_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-                                     "mean": float(np.mean(lat))} if lat else None}
+                                     "mean": float(np.mean(lat))} if lat else None,
+            "failures": _failures(records)}
+
+
+def _failures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the failed episodes ended: how many ran out of time, how far from the goal (m)."""
+    failed = [r for r in records if not r["success"]]
+    dist = [r["final_goal_distance"] for r in failed if r.get("final_goal_distance") is not None]
+    timeouts = sum(r["truncated"] for r in failed)
+    return {"episodes": len(failed), "timeouts": timeouts, "terminated": len(failed) - timeouts,
+            "final_goal_distance_m": {"p50": float(np.median(dist)), "max": float(max(dist))} if dist else None}
 
 
 def make_eval_env(scene: Any, filtered: bool, env_id: str = TWIN_ID,

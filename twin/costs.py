@@ -169,10 +169,14 @@ class TaskReward:
         d_goal, d_obj = self._distances(world)
         return -(d_goal + 0.5 * d_obj)
 
-    def evaluate(self, world: Any) -> tuple[bool, float]:
-        """(success, potential) of the present state, from one distance evaluation."""
+    def evaluate(self, world: Any) -> tuple[bool, float, float]:
+        """(success, potential, goal distance m) of the present state, from one distance evaluation.
+
+        The goal distance is the task's progress distance: target object to goal centre in the
+        table plane (push), EE point to goal (reach, 3-D); success is it below ``success.distance``.
+        """
         d_goal, d_obj = self._distances(world)
-        return d_goal < self.task.success.distance, -(d_goal + 0.5 * d_obj)
+        return d_goal < self.task.success.distance, -(d_goal + 0.5 * d_obj), d_goal
 
     def reward(self, phi_before: float, phi_after: float, success: bool) -> float:
         return (self.bonus * float(success) + self.scale * (self.gamma * phi_after - phi_before)

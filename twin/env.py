@@ -16,6 +16,11 @@ instead: the joint velocity decays toward zero within the spec's acceleration li
 
 Observation: ``image`` uint8 (H, W, 3) front camera (optional ``wrist_image``), ``proprio``
 float32 [q (rad), dq (rad/s), gripper opening in [0, 1]], ``instruction`` text.
+Info: ``cost`` and ``costs{category}`` of the step, ``is_success``, ``goal_distance`` (m, the task's
+progress distance: target object to goal in the table plane, or EE to goal; see
+:meth:`~safetwin.twin.costs.TaskReward.evaluate`), ``privileged``, ``min_fragile_distance`` (m),
+``ee_speed`` (m/s), ``max_contact_force`` (N), ``filter_faults``; ``action_fault`` after a step,
+``randomization`` (the episode's parameters) after a reset.
 Reward and costs: :mod:`safetwin.twin.costs`; :class:`safetwin.twin.world.World` builds and reads
 the pybullet scene (re-exported here).
 """
@@ -131,7 +136,7 @@ class TwinEnv(gym.Env):
         self._increments = deque(zero for _ in range(self.params.action_latency))
         self._t, self.filter_faults = 0, 0
         self._front, self._light = self._episode_camera()
-        success, self._phi = self.reward_fn.evaluate(w)
+        success, self._phi, self._goal_distance = self.reward_fn.evaluate(w)
         self.expert.reset()
         self.costs.begin_step()
         info = self._info(success=success)
@@ -150,7 +155,7 @@ class TwinEnv(gym.Env):
         self._run_control(act)
         self._t += 1
         w = self.world
-        success, phi = self.reward_fn.evaluate(w)
+        success, phi, self._goal_distance = self.reward_fn.evaluate(w)
         reward = self.reward_fn.reward(self._phi, phi, success)
         self._phi = phi
         info = self._info(success=success)
@@ -275,7 +280,7 @@ class TwinEnv(gym.Env):
         acc = self.costs.acc
         costs = acc.costs()
         return {"cost": float(sum(costs.values())), "costs": costs, "is_success": bool(success),
-                "privileged": self.world.privileged(),
+                "goal_distance": float(self._goal_distance), "privileged": self.world.privileged(),
                 "min_fragile_distance": self.costs.min_fragile_distance(),
                 "ee_speed": acc.max_ee_speed, "max_contact_force": acc.max_contact_force,
                 "filter_faults": self.filter_faults}

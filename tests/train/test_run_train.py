@@ -70,9 +70,14 @@ def test_evaluate_writes_episode_records(reference_run, tmp_path) -> None:  # no
     recs = list(read_jsonl(tmp_path / "episodes.jsonl"))
     assert [r["seed"] for r in recs] == [5, 6, 7] and {r["mode"] for r in recs} == {"raw"}
     for key in ("success", "return", "cost", "costs", "length", "min_fragile_distance", "filter_interventions",
-                "filter_infeasible", "min_barrier", "inference_latency_ms"):
+                "filter_infeasible", "min_barrier", "inference_latency_ms", "truncated", "final_goal_distance"):
         assert key in recs[0], key
     assert summary["modes"]["raw"]["episodes"] == 3
+    failures = summary["modes"]["raw"]["failures"]
+    assert failures["episodes"] == sum(not r["success"] for r in recs)
+    assert failures["timeouts"] == sum(r["truncated"] and not r["success"] for r in recs)
+    assert failures["timeouts"] + failures["terminated"] == failures["episodes"]
+    assert failures["final_goal_distance_m"] is None  # TinyReach reports no goal distance
     assert summary["modes"]["raw"]["mean_cost"] == pytest.approx(np.mean([r["cost"] for r in recs]))
     assert json.loads((tmp_path / "summary.json").read_text())["safety_spec_sha256"] == tiny_scene().safety.sha256()
 

@@ -41,3 +41,9 @@ def test_twin_train_checkpoint_and_filtered_eval(tmp_path) -> None:  # noqa: ANN
     assert eps[0]["min_barrier"] is None and eps[0]["filter_interventions"] == 0  # raw: no filter
     assert all(np.isfinite(filtered["inference_latency_ms"]))
     assert set(summary["modes"]) == {"raw", "filtered"}
+    for ep, mode in zip(eps, ("raw", "filtered"), strict=True):  # the twin reports the goal distance (m)
+        assert 0.0 <= ep["final_goal_distance"] < 2.0
+        fail = summary["modes"][mode]["failures"]
+        assert fail["episodes"] == int(not ep["success"])
+        if not ep["success"]:
+            assert fail["final_goal_distance_m"]["max"] == pytest.approx(ep["final_goal_distance"])

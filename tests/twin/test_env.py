@@ -339,3 +339,29 @@ def test_importing_the_package_registers_the_env() -> None:
     register_envs()  # a second registration is a no-op, not an error or a duplicate warning
     assert gym.registry[TWIN_ENV_ID].entry_point == "safetwin.twin.env:TwinEnv"
     assert safetwin.twin.registration.TWIN_ENV_ID == TWIN_ENV_ID
+
+
+def test_goal_distance_is_the_push_progress_and_decides_success() -> None:
+    """``info["goal_distance"]``: the target cube's distance to the goal centre in the table plane
+    (m), at reset and every step; success holds exactly when it is under ``success.distance``."""
+    env = TwinEnv("tabletop_push", images=False)
+    try:
+        _, info = env.reset(seed=4)
+        w = env.world
+
+        def planar() -> float:
+            cube, goal = w.object_pose(w.target)[0], w.goal_position()
+            return float(np.hypot(cube[0] - goal[0], cube[1] - goal[1]))
+
+        assert info["goal_distance"] == pytest.approx(planar())
+        start, infos, done = info["goal_distance"], [], False
+        while not done:
+            _, _, term, trunc, info = env.step(env.expert_action())
+            assert info["goal_distance"] == pytest.approx(planar())
+            infos.append(info)
+            done = term or trunc
+        limit = env.scene.task.success.distance
+        assert all(i["is_success"] == (i["goal_distance"] < limit) for i in infos)
+        assert infos[-1]["is_success"] and infos[-1]["goal_distance"] < limit < start
+    finally:
+        env.close()
