@@ -161,14 +161,6 @@ class TaskReward:
         obj = world.object_pose(world.target)[0]
         return math.hypot(obj[0] - goal[0], obj[1] - goal[1]), math.dist(ee, obj)
 
-    def success(self, world: Any) -> bool:
-        """True when the task's success condition holds."""
-        return self._distances(world)[0] < self.task.success.distance
-
-    def potential(self, world: Any) -> float:
-        d_goal, d_obj = self._distances(world)
-        return -(d_goal + 0.5 * d_obj)
-
     def evaluate(self, world: Any) -> tuple[bool, float, float]:
         """(success, potential, goal distance m) of the present state, from one distance evaluation.
 

@@ -136,10 +136,10 @@ class TwinEnv(gym.Env):
         self._increments = deque(zero for _ in range(self.params.action_latency))
         self._t, self.filter_faults = 0, 0
         self._front, self._light = self._episode_camera()
-        success, self._phi, self._goal_distance = self.reward_fn.evaluate(w)
+        success, self._phi, goal_distance = self.reward_fn.evaluate(w)
         self.expert.reset()
         self.costs.begin_step()
-        info = self._info(success=success)
+        info = self._info(success, goal_distance)
         info["randomization"] = self.params.to_dict()
         return self._obs(), info
 
@@ -155,10 +155,10 @@ class TwinEnv(gym.Env):
         self._run_control(act)
         self._t += 1
         w = self.world
-        success, phi, self._goal_distance = self.reward_fn.evaluate(w)
+        success, phi, goal_distance = self.reward_fn.evaluate(w)
         reward = self.reward_fn.reward(self._phi, phi, success)
         self._phi = phi
-        info = self._info(success=success)
+        info = self._info(success, goal_distance)
         info["action_fault"] = fault
         severe = (self.terminate_on_collision and info["costs"]["collision"] > 0
                   and info["max_contact_force"] > self.safety_spec.contact_force_max)
@@ -276,11 +276,11 @@ class TwinEnv(gym.Env):
         obs["instruction"] = self.instruction
         return obs
 
-    def _info(self, success: bool) -> dict[str, Any]:
+    def _info(self, success: bool, goal_distance: float) -> dict[str, Any]:
         acc = self.costs.acc
         costs = acc.costs()
         return {"cost": float(sum(costs.values())), "costs": costs, "is_success": bool(success),
-                "goal_distance": float(self._goal_distance), "privileged": self.world.privileged(),
+                "goal_distance": float(goal_distance), "privileged": self.world.privileged(),
                 "min_fragile_distance": self.costs.min_fragile_distance(),
                 "ee_speed": acc.max_ee_speed, "max_contact_force": acc.max_contact_force,
                 "filter_faults": self.filter_faults}
