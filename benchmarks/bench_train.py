@@ -25,7 +25,9 @@ Each scene has its recipe (``RECIPES``; ``--wrist-camera`` and ``--bc-loss`` ove
 Every policy is evaluated on the same ``--episodes`` seeds (200 by default: at 50 one success
 rate has a standard error near 0.07, and the 10-point target was decided by luck);
 ``rl_success_gain`` is the success gain over BC paired by seed, with its standard error
-``rl_success_gain_se``.
+``rl_success_gain_se``. ``failures`` says, per policy (``bc``, ``rl``, ``ppo``), how its failed
+episodes ended (timeouts, early terminations, the final distance to the goal; the evaluation
+summary's block, :mod:`safetwin.train.evaluate`).
 
 Targets (reported, not asserted): ``rl_mean_cost <= cost_limit`` and ``rl_success >=
 min(bc_success + 0.10, 0.95)``; ``samples_per_s >= sb3_samples_per_s``.
@@ -137,7 +139,8 @@ def bench_scene(scene: str, args: argparse.Namespace, root: Path) -> dict[str, A
            "sb3_samples_per_s": sb3_samples_per_s(scene, args.num_envs, args.sb3_steps, args.seed,
                                                   wrist_camera=common["wrist_camera"]),
            "steps": args.steps, "eval_episodes": args.episodes, "recipe": {k: common[k] for k in ("wrist_camera", "bc_loss")},
-           "run_dirs": [str(rl_dir), str(ppo_dir)]}
+           "run_dirs": [str(rl_dir), str(ppo_dir)],
+           "failures": {"bc": bc["failures"], "rl": rl["failures"], "ppo": ppo["failures"]}}
     out["rl_success_gain"], out["rl_success_gain_se"] = paired_gain(rl_dir / "eval_bc", rl_dir / "eval")
     out["targets"] = {"rl_cost_within_limit": out["rl_mean_cost"] <= out["cost_limit"],
                       "rl_success_gain": out["rl_success"] >= min(out["bc_success"] + 0.10, 0.95),
