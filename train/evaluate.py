@@ -8,16 +8,18 @@ on the same seeds. The policy emits chunks (k, 7) that are executed step by step
 Writes (atomically) ``<out_dir>/episodes.jsonl`` (one record per episode and mode: ``mode,
 episode, seed, success, return, cost, costs{category}, length, min_fragile_distance (m),
 final_goal_distance (m, the env's ``goal_distance`` at the end; None when the env has none),
-truncated (the episode ran out of time),
+truncated (the episode ran out of time), target (the env's ``target``, the object the episode's
+instruction names; None when the env has none),
 filter_interventions, filter_infeasible, min_barrier, max_ee_speed (m/s),
 max_contact_force (N), inference_latency_ms [per decision]``) and ``<out_dir>/summary.json``
 (``checkpoint, checkpoint_sha256, safety_spec_sha256, scene, episodes, seed, modes{mode:
 {success_rate, mean_return, mean_cost, cost_limit, mean_costs{category}, mean_length,
 min_fragile_distance, filter_interventions, filter_infeasible, min_barrier,
-inference_latency_ms{p50, p99, mean}, failures}}}``). ``failures`` says how the failed
+inference_latency_ms{p50, p99, mean}, failures, by_target}}}``). ``failures`` says how the failed
 episodes ended: ``{episodes, timeouts`` (truncated), ``terminated`` (ended early without
 success, e.g. a severe collision), ``final_goal_distance_m{p50, max}}`` (None without failures
-or distances).
+or distances). ``by_target`` splits the episodes by target object: ``{name: {episodes,
+success_rate, mean_cost}}`` (None when the env names no target).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def run_episode(env: gym.Env, policy: VLAPolicy, seed: int) -> dict[str, Any]:
     rec: dict[str, Any] = {"seed": seed, "return": 0.0, "cost": 0.0, "length": 0,
                            "costs": dict.fromkeys(COST_CATEGORIES, 0.0),
                            "min_fragile_distance": math.inf, "max_ee_speed": 0.0, "max_contact_force": 0.0,
-                           "final_goal_distance": None}
+                           "final_goal_distance": None, "target": None}
     acc = {"filter_interventions": 0.0, "filter_infeasible": 0.0, "min_barrier": math.inf}
     latency: list[float] = []
     done = False
@@ -97,6 +99,8 @@ def run_episode(env: gym.Env, policy: VLAPolicy, seed: int) -> dict[str, Any]:
     rec["truncated"] = bool(truncated)
     if "goal_distance" in info:
         rec["final_goal_distance"] = float(info["goal_distance"])
+    if info.get("target") is not None:
+        rec["target"] = str(info["target"])
     rec.update(acc)
     rec["inference_latency_ms"] = latency
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in rec.items()}
@@ -118,7 +122,20 @@ def _summary(records: list[dict[str, Any]], cost_limit: float) -> dict[str, Any]
             "min_barrier": min(barriers) if barriers else None,
             "inference_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                                      "mean": float(np.mean(lat))} if lat else None,
-            "failures": _failures(records)}
+            "failures": _failures(records), "by_target": _by_target(records)}
+
+
+def _by_target(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Episodes, success rate and mean cost per target object (None when no record names one)."""
+    names = sorted({r["target"] for r in records if r.get("target") is not None})
+    if not names:
+        return None
+    out = {}
+    for name in names:
+        mine = [r for r in records if r.get("target") == name]
+        out[name] = {"episodes": len(mine), "success_rate": float(np.mean([r["success"] for r in mine])),
+                     "mean_cost": float(np.mean([r["cost"] for r in mine]))}
+    return out
 
 
 def _failures(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ Observation: ``image`` uint8 (H, W, 3) front camera (optional ``wrist_image``), 
 float32 [q (rad), dq (rad/s), gripper opening in [0, 1]], ``instruction`` text.
 Info: ``cost`` and ``costs{category}`` of the step, ``is_success``, ``goal_distance`` (m, the task's
 progress distance: target object to goal in the table plane, or EE to goal; see
-:meth:`~safetwin.twin.costs.TaskReward.evaluate`), ``privileged``, ``min_fragile_distance`` (m),
+:meth:`~safetwin.twin.costs.TaskReward.evaluate`), ``target`` (the episode's target object, one of
+the task's ``targets``, as the instruction names it), ``privileged``, ``min_fragile_distance`` (m),
 ``ee_speed`` (m/s), ``max_contact_force`` (N), ``filter_faults``; ``action_fault`` after a step,
 ``randomization`` (the episode's parameters) after a reset.
 Reward and costs: :mod:`safetwin.twin.costs`; :class:`safetwin.twin.world.World` builds and reads
@@ -280,7 +281,8 @@ class TwinEnv(gym.Env):
         acc = self.costs.acc
         costs = acc.costs()
         return {"cost": float(sum(costs.values())), "costs": costs, "is_success": bool(success),
-                "goal_distance": float(goal_distance), "privileged": self.world.privileged(),
+                "goal_distance": float(goal_distance), "target": self.world.target,
+                "privileged": self.world.privileged(),
                 "min_fragile_distance": self.costs.min_fragile_distance(),
                 "ee_speed": acc.max_ee_speed, "max_contact_force": acc.max_contact_force,
                 "filter_faults": self.filter_faults}

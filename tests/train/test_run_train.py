@@ -78,6 +78,7 @@ def test_evaluate_writes_episode_records(reference_run, tmp_path) -> None:  # no
     assert failures["timeouts"] == sum(r["truncated"] and not r["success"] for r in recs)
     assert failures["timeouts"] + failures["terminated"] == failures["episodes"]
     assert failures["final_goal_distance_m"] is None  # TinyReach reports no goal distance
+    assert summary["modes"]["raw"]["by_target"] is None and all(r["target"] is None for r in recs)  # nor a target
     assert summary["modes"]["raw"]["mean_cost"] == pytest.approx(np.mean([r["cost"] for r in recs]))
     assert json.loads((tmp_path / "summary.json").read_text())["safety_spec_sha256"] == tiny_scene().safety.sha256()
 
@@ -129,3 +130,14 @@ def test_resume_of_a_one_group_optimizer_state_is_refused(reference_run, tmp_pat
     with pytest.raises(CheckpointError, match="1 parameter group"):
         run_train(TrainConfig(**{**BASE, "run_root": str(tmp_path), "run_id": "old", "resume": True}),
                   scene=tiny_scene())
+
+
+def test_by_target_splits_the_episodes_by_hand() -> None:
+    from safetwin.train.evaluate import _by_target
+
+    recs = [{"target": "red_cube", "success": True, "cost": 0.0}, {"target": "blue_cube", "success": False, "cost": 3.0},
+            {"target": "red_cube", "success": False, "cost": 2.0}, {"target": "blue_cube", "success": False, "cost": 1.0}]
+    split = _by_target(recs)
+    assert split == {"blue_cube": {"episodes": 2, "success_rate": 0.0, "mean_cost": 2.0},
+                     "red_cube": {"episodes": 2, "success_rate": 0.5, "mean_cost": 1.0}}
+    assert _by_target([{"target": None, "success": True, "cost": 0.0}]) is None

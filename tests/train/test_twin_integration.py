@@ -43,6 +43,9 @@ def test_twin_train_checkpoint_and_filtered_eval(tmp_path) -> None:  # noqa: ANN
     assert set(summary["modes"]) == {"raw", "filtered"}
     for ep, mode in zip(eps, ("raw", "filtered"), strict=True):  # the twin reports the goal distance (m)
         assert 0.0 <= ep["final_goal_distance"] < 2.0
+        assert ep["target"] in scene.task.targets  # the twin names the episode's target
+        assert summary["modes"][mode]["by_target"] == {ep["target"]: {
+            "episodes": 1, "success_rate": float(ep["success"]), "mean_cost": pytest.approx(ep["cost"])}}
         fail = summary["modes"][mode]["failures"]
         assert fail["episodes"] == int(not ep["success"])
         if not ep["success"]:

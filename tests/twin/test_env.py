@@ -365,3 +365,22 @@ def test_goal_distance_is_the_push_progress_and_decides_success() -> None:
         assert infos[-1]["is_success"] and infos[-1]["goal_distance"] < limit < start
     finally:
         env.close()
+
+
+def test_info_names_the_target_the_instruction_asks_for() -> None:
+    """``info["target"]``: the episode's drawn target object, at reset and every step; the
+    instruction names its colour, and over a few seeds both cubes of tabletop_push are drawn."""
+    env = TwinEnv("tabletop_push", images=False)
+    try:
+        drawn = set()
+        for seed in range(8):
+            obs, info = env.reset(seed=seed)
+            target = env.world.target
+            assert info["target"] == target and target in env.scene.task.targets
+            assert env.scene.object(target).color_name in obs["instruction"]
+            _, _, _, _, info = env.step(np.zeros(7, np.float32))
+            assert info["target"] == target
+            drawn.add(target)
+        assert drawn == {"red_cube", "blue_cube"}
+    finally:
+        env.close()
