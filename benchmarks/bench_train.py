@@ -90,19 +90,25 @@ def sb3_samples_per_s(scene: str, num_envs: int, steps: int, seed: int, wrist_ca
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "reach_avoid": {"wrist_camera": False, "bc_loss": "mse"},
-    "tabletop_push": {"wrist_camera": True, "bc_loss": "l1"},
+    "reach_avoid": {"wrist_camera": False, "bc_loss": "mse", "self_imitation_coef": 0.0, "total_steps": 120_000},
+    "tabletop_push": {"wrist_camera": True, "bc_loss": "l1", "self_imitation_coef": 3.0, "total_steps": 180_000},
 }
-"""Per-scene policy inputs and BC loss (see the module docstring); other scenes: front camera, MSE."""
+"""Per-scene policy inputs, BC loss, self-imitation weight and PPO budget (env steps per run; see
+the module docstring); other scenes: front camera, MSE, no self-imitation, 120k steps."""
 
 
 def recipe(scene: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The scene's ``wrist_camera`` and ``bc_loss``, with the command line's overrides."""
-    out = {"wrist_camera": False, "bc_loss": "mse", **RECIPES.get(scene, {})}
+    """The scene's ``TrainConfig`` options from ``RECIPES``, with the command line's overrides."""
+    out = {"wrist_camera": False, "bc_loss": "mse", "self_imitation_coef": 0.0, "total_steps": 120_000,
+           **RECIPES.get(scene, {})}
     if args.wrist_camera is not None:
         out["wrist_camera"] = scene in args.wrist_camera
     if args.bc_loss is not None:
         out["bc_loss"] = args.bc_loss
+    if args.self_imitation_coef is not None:
+        out["self_imitation_coef"] = args.self_imitation_coef
+    if args.steps is not None:
+        out["total_steps"] = args.steps
     return out
 
 
@@ -121,12 +127,14 @@ def paired_gain(bc_dir: Path, rl_dir: Path) -> tuple[float, float]:
 
 
 def bench_scene(scene: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    common = dict(scene=scene, run_root=str(root), seed=args.seed, total_steps=args.steps, num_envs=args.num_envs,
+    common = dict(scene=scene, run_root=str(root), seed=args.seed, num_envs=args.num_envs,
                   demo_episodes=args.demos, bc_epochs=args.bc_epochs, progress=not args.quiet,
                   **recipe(scene, args))
     rl_dir = run_train(TrainConfig(**common, run_id=f"{scene}-ppolag", lagrange="adam"))
     bc_ckpt = rl_dir / "checkpoints" / "bc.safetensors"
-    ppo_dir = run_train(TrainConfig(**common, run_id=f"{scene}-ppo", lagrange="none", pretrained=str(bc_ckpt)))
+    # unconstrained: no multiplier, and self-imitation (where the recipe has it) without its cost filter
+    ppo_dir = run_train(TrainConfig(**{**common, "self_imitation_max_cost": -1.0}, run_id=f"{scene}-ppo",
+                                    lagrange="none", pretrained=str(bc_ckpt)))
     ev = dict(scene=scene, episodes=args.episodes, seed=10_000, filtered=False, progress=not args.quiet)
     bc = evaluate(bc_ckpt, out_dir=rl_dir / "eval_bc", **ev)["modes"]["raw"]
     rl = evaluate(rl_dir / "checkpoints" / "policy.safetensors", out_dir=rl_dir / "eval", **ev)["modes"]["raw"]
@@ -138,7 +146,7 @@ def bench_scene(scene: str, args: argparse.Namespace, root: Path) -> dict[str, A
            "samples_per_s": float(np.mean(sps)),
            "sb3_samples_per_s": sb3_samples_per_s(scene, args.num_envs, args.sb3_steps, args.seed,
                                                   wrist_camera=common["wrist_camera"]),
-           "steps": args.steps, "eval_episodes": args.episodes, "recipe": {k: common[k] for k in ("wrist_camera", "bc_loss")},
+           "steps": common["total_steps"], "eval_episodes": args.episodes, "recipe": recipe(scene, args),
            "run_dirs": [str(rl_dir), str(ppo_dir)],
            "failures": {"bc": bc["failures"], "rl": rl["failures"], "ppo": ppo["failures"]}}
     out["rl_success_gain"], out["rl_success_gain_se"] = paired_gain(rl_dir / "eval_bc", rl_dir / "eval")
@@ -151,7 +159,8 @@ def bench_scene(scene: str, args: argparse.Namespace, root: Path) -> dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", nargs="+", default=["reach_avoid", "tabletop_push"])
-    parser.add_argument("--steps", type=int, default=120_000, help="PPO budget (env steps) per run")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="PPO budget (env steps) per run for every scene (default: RECIPES)")
     parser.add_argument("--num-envs", type=int, default=4)
     parser.add_argument("--demos", type=int, default=90, help="expert demo episodes for BC (tens, not thousands)")
     parser.add_argument("--bc-epochs", type=int, default=30)
@@ -163,6 +172,8 @@ def main() -> None:
                              "alone: none)")
     parser.add_argument("--bc-loss", choices=("mse", "l1"), default=None,
                         help="BC loss on the action chunk for every scene (default: RECIPES)")
+    parser.add_argument("--self-imitation-coef", type=float, default=None,
+                        help="self-imitation weight for every scene, 0: off (default: RECIPES)")
     parser.add_argument("--sb3-steps", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")

@@ -77,6 +77,13 @@ class TrainConfig:
     target_kl: stop the epochs when the approximate KL exceeds this (0: never).
     bc_reg_coef: initial weight of the BC regulariser toward the pre-trained policy.
     bc_reg_decay: its per-iteration decay factor.
+    self_imitation_coef: weight of the constrained self-imitation loss in the PPO update (0: off):
+        ``bc_loss`` of the deterministic chunk to the executed chunks of the learner's own
+        successful training episodes whose cost is at most ``self_imitation_max_cost``, replayed
+        across iterations (:mod:`safetwin.train.self_imitation`).
+    self_imitation_capacity: decisions the self-imitation replay keeps (the newest).
+    self_imitation_max_cost: largest episode cost an imitated episode may have (negative: no cost
+        filter, for unconstrained PPO).
     lagrange: multiplier rule "adam" (PPOLag), "pid" (CPPOPID) or "none" (unconstrained PPO).
     lagrange_init: initial multiplier (a warm start: the BC policy is trusted to be safe, so
         fine-tuning starts cost-averse and lambda relaxes while the cost stays under the limit).
@@ -126,6 +133,9 @@ class TrainConfig:
     target_kl: float = 0.02
     bc_reg_coef: float = 5.0
     bc_reg_decay: float = 0.99
+    self_imitation_coef: float = 0.0
+    self_imitation_capacity: int = 4096
+    self_imitation_max_cost: float = 0.0
     lagrange: str = "adam"
     lagrange_init: float = 1.0
     lagrange_lr: float = 0.035
@@ -152,12 +162,12 @@ class TrainConfig:
     def _check_ranges(self) -> None:
         """Each numeric option in its documented range (ConfigError naming the option)."""
         positive = ("chunk_len", "bc_epochs", "bc_batch_size", "num_envs", "rollout_decisions",
-                    "update_epochs", "num_minibatches", "checkpoint_every")
+                    "update_epochs", "num_minibatches", "checkpoint_every", "self_imitation_capacity")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("demo_episodes", "demo_noise", "bc_shift", "total_steps", "ent_coef", "target_kl", "bc_reg_coef",
-                     "lagrange_init", "vf_coef", "critic_warmup"):
+                     "lagrange_init", "vf_coef", "critic_warmup", "self_imitation_coef"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("gamma", "gae_lambda", "bc_reg_decay"):

@@ -139,6 +139,18 @@ def done_episode_stats(infos: dict[str, Any]) -> list[dict[str, float]]:
             for i in np.flatnonzero(mask)]
 
 
+def done_episode_outcomes(infos: dict[str, Any], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per env of a vector step: (episode ended (n,) bool, its success (n,) bool, its cost (n,)
+    float64); success and cost are False and 0 where no episode ended."""
+    done, success, cost = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float64)
+    final = infos.get("final_info")
+    if final and "episode" in final:
+        done[:] = np.asarray(final["_episode"], dtype=bool)
+        success[done] = np.asarray(final["episode"]["success"], dtype=np.float64)[done] > 0.5
+        cost[done] = np.asarray(final["episode"]["cost"], dtype=np.float64)[done]
+    return done, success, cost
+
+
 def info_field(infos: dict[str, Any], key: str, n: int) -> np.ndarray:
     """``infos[key]`` of a SAME_STEP vector step as (n,) float64; for envs that were reset in
     this step the value comes from ``final_info`` (the top level then holds the reset info)."""

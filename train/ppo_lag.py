@@ -11,7 +11,8 @@ One iteration, top to bottom:
 4. GAE separately for reward and cost; advantage ``(A_R - lambda A_C) / (1 + lambda)``;
 5. PPO update: clipped surrogate, entropy bonus, value losses (reward and cost critics,
    asymmetric: they see the privileged twin state), a decaying BC regulariser toward the
-   pre-trained policy, gradient clipping, KL early stop;
+   pre-trained policy, optionally constrained self-imitation of the learner's own successful
+   safe episodes (:mod:`safetwin.train.self_imitation`), gradient clipping, KL early stop;
 6. logging (metrics.jsonl, TensorBoard, tqdm) and checkpoints every ``checkpoint_every``
    iterations (:mod:`safetwin.train.ppo_state`).
 
@@ -44,12 +45,20 @@ from safetwin.safety.runio import ConfigError, JsonlWriter
 
 from .buffer import RolloutBuffer
 from .config import TrainConfig
-from .envs import COST_CATEGORIES, done_episode_stats, info_field, make_env_fn, make_vector_env
+from .envs import (
+    COST_CATEGORIES,
+    done_episode_outcomes,
+    done_episode_stats,
+    info_field,
+    make_env_fn,
+    make_vector_env,
+)
 from .lagrange import make_lagrange
 from .policy import VLAPolicy, obs_slice
 from .ppo_state import PPOState, load_latest, save_iteration, truncate_metrics
 from .safe_explore import SafeExplorer
 from .safe_explore_io import FILE_NAME as SAFE_EXPLORE_FILE
+from .self_imitation import SelfImitationReplay, make_replay, self_imitation_loss
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +89,12 @@ def _propose(policy: VLAPolicy, obs: dict[str, Any],
 
 def collect_rollout(policy: VLAPolicy, envs: Any, obs: dict[str, Any], buf: RolloutBuffer,
                     episodes: list[dict[str, float]],
-                    explorer: SafeExplorer | None = None) -> tuple[dict[str, Any], int]:
+                    explorer: SafeExplorer | None = None,
+                    replay: SelfImitationReplay | None = None) -> tuple[dict[str, Any], int]:
     """Fill ``buf`` with one rollout from ``obs``; returns (next obs, env steps executed).
 
     With ``explorer``, the envs execute the screened chunk and ``buf`` stores the proposal.
+    With ``replay``, each executed chunk is recorded and finished episodes are offered to it.
     """
     n_env_steps = 0
     with torch.no_grad():
@@ -96,6 +107,9 @@ def collect_rollout(policy: VLAPolicy, envs: Any, obs: dict[str, Any], buf: Roll
                 explorer.observe(infos, term, trunc)
             discount = info_field(infos, "discount", buf.N)
             n_env_steps += int(info_field(infos, "n_steps", buf.N).sum())
+            if replay is not None:
+                replay.record(obs, executed)
+                replay.end_episodes(*done_episode_outcomes(infos, buf.N))
             nv_r, nv_c = _values(policy, next_obs)
             boot_r, boot_c = nv_r.copy(), nv_c.copy()
             done_idx = np.flatnonzero(term | trunc)
@@ -151,13 +165,16 @@ def _step(optim: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float
 
 def ppo_update(policy: VLAPolicy, optim: torch.optim.Optimizer, batch: dict[str, Any],
                cfg: TrainConfig, bc_coef: float, rng: np.random.Generator,
-               critic_only: bool = False) -> dict[str, float]:
+               critic_only: bool = False, replay: SelfImitationReplay | None = None) -> dict[str, float]:
     """Clipped-surrogate PPO epochs over one rollout batch; returns mean losses.
 
     ``critic_only`` (the warm-up): fit the reward and cost critics only; the actor is not stepped.
+    ``replay``: add ``cfg.self_imitation_coef`` x the self-imitation loss on a replay minibatch the
+    size of a PPO minibatch, once the replay holds that many decisions.
     """
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss_reward", "value_loss_cost",
-                                                     "entropy", "approx_kl", "clipfrac", "bc_reg")}
+                                                     "entropy", "approx_kl", "clipfrac", "bc_reg",
+                                                     "self_imitation")}
     for _epoch in range(cfg.update_epochs):
         epoch_kl = []
         for obs, mb in RolloutBuffer.minibatches(batch, cfg.num_minibatches, rng):
@@ -180,8 +197,13 @@ def ppo_update(policy: VLAPolicy, optim: torch.optim.Optimizer, batch: dict[str,
             adv = torch.as_tensor(mb["adv"])
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
             bc_reg = (mode - torch.as_tensor(mb["ref_chunks"])).pow(2).mean()
-            _step(optim, pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * (v_loss_r + v_loss_c)
-                  + bc_coef * bc_reg, cfg.max_grad_norm)
+            loss = (pg_loss - cfg.ent_coef * entropy.mean() + cfg.vf_coef * (v_loss_r + v_loss_c)
+                    + bc_coef * bc_reg)
+            if replay is not None and len(replay) >= len(adv):
+                sil = self_imitation_loss(policy, replay, len(adv), rng, cfg.bc_shift, cfg.bc_loss)
+                loss = loss + cfg.self_imitation_coef * sil
+                stats["self_imitation"].append(sil.item())
+            _step(optim, loss, cfg.max_grad_norm)
             for key, val in (("policy_loss", pg_loss.item()), ("entropy", entropy.mean().item()),
                              ("approx_kl", approx_kl), ("clipfrac", clipfrac), ("bc_reg", bc_reg.item())):
                 stats[key].append(val)
@@ -242,11 +264,12 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
     optim = make_optimizer(policy, cfg)
     torch.manual_seed(cfg.seed)
     state = PPOState(rng=np.random.default_rng(cfg.seed))
-    if resume:
-        state = load_latest(ckpt_dir, policy, ref_policy, optim, lagrange, scene_info)
-        truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     envs = make_vector_env(cfg.env_id, cfg.num_envs, cfg.chunk_len, cfg.gamma, cfg.env_kwargs(),
                            asynchronous=cfg.vector == "async")
+    replay = make_replay(cfg, envs.single_observation_space)
+    if resume:
+        state = load_latest(ckpt_dir, policy, ref_policy, optim, lagrange, scene_info, replay)
+        truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     buf = RolloutBuffer(cfg.rollout_decisions, cfg.num_envs,
                         {k: (s.shape, s.dtype) for k, s in envs.single_observation_space.spaces.items()
                          if k != "instruction"}, (cfg.chunk_len, 7))
@@ -263,6 +286,8 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
             t0 = time.perf_counter()
             if it % cfg.checkpoint_every == 0 or not obs:
                 obs, _ = envs.reset(seed=cfg.seed + 7919 * it)
+                if replay is not None:
+                    replay.drop_pending()
             # ---------------------------------------------------------- rollout
             policy.eval()
             log_std = scheduled_log_std(cfg, state.global_step)
@@ -271,7 +296,7 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
                     policy.log_std.fill_(log_std)
             episodes: list[dict[str, float]] = []
             buf.reset()
-            obs, n_steps = collect_rollout(policy, envs, obs, buf, episodes, explorer)
+            obs, n_steps = collect_rollout(policy, envs, obs, buf, episodes, explorer, replay)
             state.global_step += n_steps
             # ---------------------------------------------------------- lambda BEFORE the policy update
             ep = episode_metrics(episodes, state.last_episode_metrics)
@@ -287,7 +312,7 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
             policy.train()
             warmup = it < cfg.critic_warmup  # critics only: the actor waits for fitted baselines
             bc_coef = cfg.bc_reg_coef * cfg.bc_reg_decay ** max(it - cfg.critic_warmup, 0)
-            losses = ppo_update(policy, optim, batch, cfg, bc_coef, state.rng, critic_only=warmup)
+            losses = ppo_update(policy, optim, batch, cfg, bc_coef, state.rng, critic_only=warmup, replay=replay)
             if policy.cfg.privileged_dim:  # critic input statistics; the actor's stay as after BC
                 policy.priv_rms.update(torch.as_tensor(batch["obs/privileged"], dtype=torch.float64))
             safe_metrics = explorer.end_iteration() if explorer is not None else {}
@@ -299,6 +324,9 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
                       "charts/samples_per_s": sps, "charts/action_log_std": _mean_log_std(policy),
                       "safety/lambda": state.lam,
                       "safety/cost_limit": cost_limit, "losses/bc_reg_coef": bc_coef, **safe_metrics}
+            if replay is not None:
+                record.update({"charts/self_imitation_decisions": len(replay),
+                               "charts/self_imitation_episodes": replay.episodes})
             metrics_log.write(record)
             for key, value in record.items():
                 if key not in ("step", "iteration") and value is not None:
@@ -310,7 +338,8 @@ def train_ppo_lag(cfg: TrainConfig, policy: VLAPolicy, ref_policy: VLAPolicy, ru
             done = stop or state.global_step >= cfg.total_steps
             # ---------------------------------------------------------- checkpoint
             if done or state.iteration % cfg.checkpoint_every == 0:
-                folder = save_iteration(ckpt_dir, state, policy, ref_policy, optim, lagrange, cfg, scene_info)
+                folder = save_iteration(ckpt_dir, state, policy, ref_policy, optim, lagrange, cfg, scene_info,
+                                        replay)
                 if explorer is not None:  # next to each policy checkpoint (resume, deploy)
                     for where in (folder, ckpt_dir):
                         explorer.save(where / SAFE_EXPLORE_FILE, scene_info["safety_spec_sha256"],

@@ -4,7 +4,7 @@
 ``checkpoints/iter_<NNNNNN>/train_state.safetensors`` (+ ``.json``): the frozen reference
 (BC) policy's weights (``ref.*``), Adam moments (``optim.*``), the torch RNG state, and in the
 sidecar the iteration, env-step count, Lagrange state, numpy RNG state and the last episode
-metrics. ``checkpoints/latest.json`` is replaced atomically only after the folder is complete,
+metrics; with self-imitation on, its replay ring (``sil.*``, instructions in the sidecar). ``checkpoints/latest.json`` is replaced atomically only after the folder is complete,
 so a kill at any moment leaves the previous checkpoint usable. ``checkpoints/policy.safetensors``
 is a copy of the newest policy (the run's output). The two newest folders are kept.
 """
@@ -27,6 +27,7 @@ from .checkpoint import CheckpointError, load_tensors, save_policy, save_tensors
 from .config import TrainConfig
 from .lagrange import LagrangeAdam, PIDLagrange
 from .policy import VLAPolicy
+from .self_imitation import SelfImitationReplay
 from .state import optimizer_from_tensors, optimizer_to_tensors, rng_from_state, rng_to_state
 
 logger = logging.getLogger(__name__)
@@ -53,18 +54,21 @@ def _policy_kwargs(state: PPOState, cfg: TrainConfig, scene_info: dict[str, Any]
 
 def save_iteration(ckpt_dir: Path, state: PPOState, policy: VLAPolicy, ref: VLAPolicy,
                    optim: torch.optim.Optimizer, lagrange: LagrangeAdam | PIDLagrange | None,
-                   cfg: TrainConfig, scene_info: dict[str, Any]) -> Path:
-    """Write one complete checkpoint folder, then point ``latest.json`` at it."""
+                   cfg: TrainConfig, scene_info: dict[str, Any], replay: SelfImitationReplay | None = None) -> Path:
+    """Write one complete checkpoint folder, then point ``latest.json`` at it (with ``replay``, the
+    self-imitation ring goes into the train state as ``sil.*`` tensors)."""
     folder = ckpt_dir / f"iter_{state.iteration:06d}"
     kwargs = _policy_kwargs(state, cfg, scene_info)
     save_policy(folder / "policy.safetensors", policy, **kwargs)
     opt_t, opt_meta = optimizer_to_tensors(optim, "optim")
     rng_t, rng_meta = rng_to_state(state.rng)
-    tensors = {**{f"ref.{k}": v for k, v in ref.state_dict().items()}, **opt_t, **rng_t}
+    sil_t, sil_meta = replay.state_tensors() if replay is not None else ({}, None)
+    tensors = {**{f"ref.{k}": v for k, v in ref.state_dict().items()}, **opt_t, **rng_t, **sil_t}
     meta = {"kind": "train_state", "iteration": state.iteration, "global_step": state.global_step,
             "lambda": state.lam, "lagrange": lagrange.state_dict() if lagrange is not None else None,
             "optimizer": opt_meta, "rng": rng_meta, "episode_metrics": state.last_episode_metrics,
-            "safety_spec_sha256": scene_info["safety_spec_sha256"], "config": kwargs["config"]}
+            "safety_spec_sha256": scene_info["safety_spec_sha256"], "config": kwargs["config"],
+            "self_imitation": sil_meta}
     save_tensors(folder / "train_state.safetensors", tensors, meta)
     atomic_write_json(ckpt_dir / "latest.json", {"iteration": state.iteration, "dir": folder.name})
     save_policy(ckpt_dir / "policy.safetensors", policy, **kwargs)
@@ -76,7 +80,8 @@ def save_iteration(ckpt_dir: Path, state: PPOState, policy: VLAPolicy, ref: VLAP
 
 
 def load_latest(ckpt_dir: Path, policy: VLAPolicy, ref: VLAPolicy, optim: torch.optim.Optimizer,
-                lagrange: LagrangeAdam | PIDLagrange | None, scene_info: dict[str, Any]) -> PPOState:
+                lagrange: LagrangeAdam | PIDLagrange | None, scene_info: dict[str, Any],
+                replay: SelfImitationReplay | None = None) -> PPOState:
     """Restore everything written by :func:`save_iteration` into the given objects."""
     latest = ckpt_dir / "latest.json"
     if not latest.is_file():
@@ -100,6 +105,10 @@ def load_latest(ckpt_dir: Path, policy: VLAPolicy, ref: VLAPolicy, optim: torch.
         if meta["lagrange"] is None or meta["lagrange"]["rule"] != lagrange.name:
             raise CheckpointError(f"{folder}: lagrange rule differs from the config's {lagrange.name!r}")
         lagrange.load_state_dict(meta["lagrange"])
+    if replay is not None:
+        if meta.get("self_imitation") is None:
+            raise CheckpointError(f"{folder}: no self-imitation replay in the checkpoint, but the config enables it")
+        replay.load_state(tensors, meta["self_imitation"])
     rng = rng_from_state(tensors, meta["rng"])
     logger.info("resuming from %s (iteration %d, step %d)", folder, meta["iteration"], meta["global_step"])
     return PPOState(rng=rng, iteration=int(meta["iteration"]), global_step=int(meta["global_step"]),

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from safetwin.train.config import TrainConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,10 +46,14 @@ def test_paired_gain_and_standard_error_by_hand(tmp_path: Path) -> None:
 
 def test_recipe_per_scene_and_overrides() -> None:
     bench = _bench()
-    none = argparse.Namespace(wrist_camera=None, bc_loss=None)
-    assert bench.recipe("reach_avoid", none)["wrist_camera"] is False
+    none = argparse.Namespace(wrist_camera=None, bc_loss=None, self_imitation_coef=None, steps=None)
+    reach = bench.recipe("reach_avoid", none)
+    assert reach["wrist_camera"] is False and reach["self_imitation_coef"] == 0.0
     push = bench.recipe("tabletop_push", none)
-    assert push["wrist_camera"] is True and push["bc_loss"] == "l1"
-    assert bench.recipe("some_scene", none) == {"wrist_camera": False, "bc_loss": "mse"}
-    forced = bench.recipe("tabletop_push", argparse.Namespace(wrist_camera=[], bc_loss="mse"))
-    assert forced["wrist_camera"] is False and forced["bc_loss"] == "mse"
+    assert push["wrist_camera"] is True and push["bc_loss"] == "l1" and push["self_imitation_coef"] > 0
+    assert bench.recipe("some_scene", none) == {"wrist_camera": False, "bc_loss": "mse", "self_imitation_coef": 0.0,
+                                                "total_steps": 120_000}
+    forced = bench.recipe("tabletop_push", argparse.Namespace(wrist_camera=[], bc_loss="mse", self_imitation_coef=0.0,
+                                                              steps=5000))
+    assert forced == {"wrist_camera": False, "bc_loss": "mse", "self_imitation_coef": 0.0, "total_steps": 5000}
+    TrainConfig(**push)  # every recipe key is a TrainConfig option
