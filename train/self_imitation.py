@@ -4,8 +4,9 @@ Self-imitation learning (SIL; Oh et al., 2018) keeps the returns that beat the c
 regresses the policy toward the actions that earned them. Here the filter is the CMDP's: an
 episode enters the replay only if it ended in success with an episode cost at most ``max_cost``
 (cost units of the scene's safety block; ``None``: no cost filter). The PPO update then adds
-``coef * bc_loss(mode(s) - a)`` on a replay minibatch, where ``a`` is the chunk the sampled
-policy executed at ``s`` and ``mode`` the deterministic chunk.
+``coef * bc_loss(mode(s) - a)`` on a replay minibatch, where ``a`` is the chunk executed at
+``s`` (the sampled one; the screened one under safe exploration) and ``mode`` the deterministic
+chunk.
 
 Why: PPO from a BC policy explores with small Gaussian steps and discards each rollout after
 one update. A manoeuvre that the exploring policy finds only now and then (going round the cube
