@@ -12,7 +12,7 @@ For each scene (reach_avoid, tabletop_push), under domain randomization:
   with the same number of envs and the same images (front, plus wrist where the policy sees
   it), measured in this run over ``--sb3-steps`` steps).
 
-Each scene has its recipe (``RECIPES``; ``--wrist-camera``, ``--bc-loss``,
+Each scene has its recipe (``RECIPES``, 120k PPO steps per run on both; ``--wrist-camera``, ``--bc-loss``,
 ``--self-imitation-coef`` and ``--steps`` override it for every scene):
 
 * tabletop_push: the policy also sees the wrist camera, and BC uses the L1 loss on the action
@@ -20,14 +20,17 @@ Each scene has its recipe (``RECIPES``; ``--wrist-camera``, ``--bc-loss``,
   pressed on the cube from above, fingertips at its top face, over the scene's 20 N
   contact-force limit in 15 of 20 episodes. With the wrist view BC success went from 0.02 and
   0.18 to 0.60 and 0.64 (seeds 0 and 1, 50 evaluation episodes; 0.59 and 0.555 at 200).
-* tabletop_push also fine-tunes with constrained self-imitation (``self_imitation_coef`` 3: the
-  learner's own successful, cost-free training episodes replayed into each PPO minibatch;
-  :mod:`safetwin.train.self_imitation`) for 180k steps per run. Plain PPO-Lagrangian from this
-  BC policy ended at success 0.645 (bench seed 0, 120k steps, about 25 variants of the method
-  over three sessions: none above 0.68); from the BC policies of seeds 1 and 2 (0.555 and 0.40)
-  at 0.655 and 0.44. With self-imitation at 120k steps: 0.65, 0.565 and 0.655 (costs 0.42,
-  0.92, 2.225); at 180k on seed 0: 0.69 (cost 0.33); scratch runs, 200 evaluation episodes each.
-* reach_avoid: front camera, MSE loss, 120k steps, no self-imitation. With the L1 loss (seed 0)
+* tabletop_push without constrained self-imitation (``self_imitation_coef`` 0;
+  :mod:`safetwin.train.self_imitation`). With it (coefficient 3, 180k steps per run),
+  ``make bench-train`` measured success 0.655 at cost 0.54 (BC 0.59: +6.5 points, about as
+  without it) and took 59.7 of the benchmark's 60 minutes
+  (``benchmarks/results/train_self_imitation_180k.json``), against 43 without it. Plain PPO-Lagrangian from the BC
+  policies of seeds 0, 1 and 2 (success 0.59, 0.555, 0.40) ended at 0.645, 0.655 and 0.44
+  (costs 0.64, 0.69, 2.05; 240k steps on seed 0: 0.625); with self-imitation at 180k at 0.69,
+  0.595 and 0.59 (costs 0.33, 0.56, 0.325); scratch runs from the same BC checkpoints, 200
+  evaluation episodes each (seed 0's with a first version that waited for 256 replayed
+  decisions; the trainer waits for one minibatch).
+* reach_avoid: front camera, MSE loss, no self-imitation. With the L1 loss (seed 0)
   BC still succeeded in every episode, but PPO-Lagrangian fine-tuning from it ended at cost
   4.88, over the limit of 2.
 
@@ -100,7 +103,7 @@ def sb3_samples_per_s(scene: str, num_envs: int, steps: int, seed: int, wrist_ca
 
 RECIPES: dict[str, dict[str, Any]] = {
     "reach_avoid": {"wrist_camera": False, "bc_loss": "mse", "self_imitation_coef": 0.0, "total_steps": 120_000},
-    "tabletop_push": {"wrist_camera": True, "bc_loss": "l1", "self_imitation_coef": 3.0, "total_steps": 180_000},
+    "tabletop_push": {"wrist_camera": True, "bc_loss": "l1", "self_imitation_coef": 0.0, "total_steps": 120_000},
 }
 """Per-scene policy inputs, BC loss, self-imitation weight and PPO budget (env steps per run; see
 the module docstring); other scenes: front camera, MSE, no self-imitation, 120k steps."""

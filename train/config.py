@@ -77,8 +77,8 @@ class TrainConfig:
     target_kl: stop the epochs when the approximate KL exceeds this (0: never).
     bc_reg_coef: initial weight of the BC regulariser toward the pre-trained policy.
     bc_reg_decay: its per-iteration decay factor.
-    self_imitation_coef: weight of the constrained self-imitation loss in the PPO update (0: off):
-        ``bc_loss`` of the deterministic chunk to the executed chunks of the learner's own
+    self_imitation_coef: weight of the constrained self-imitation loss in the PPO update (0: off).
+        The loss: ``bc_loss`` of the deterministic chunk to the executed chunks of the learner's own
         successful training episodes whose cost is at most ``self_imitation_max_cost``, replayed
         across iterations (:mod:`safetwin.train.self_imitation`).
     self_imitation_capacity: decisions the self-imitation replay keeps (the newest).
