@@ -92,8 +92,8 @@ bench-loop: setup
 bench-capture: setup
 	$(PY) benchmarks/bench_capture.py
 
-bench-train: setup
-	$(PY) benchmarks/bench_train.py
+bench-train: setup  ## ARGS="--scenes tabletop_push --steps 30000" etc. (see benchmarks/bench_train.py)
+	$(PY) benchmarks/bench_train.py $(ARGS)
 
 bench-safe-explore: setup
 	$(PY) benchmarks/bench_safe_explore.py

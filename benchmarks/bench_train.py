@@ -12,8 +12,8 @@ For each scene (reach_avoid, tabletop_push), under domain randomization:
   with the same number of envs and the same images (front, plus wrist where the policy sees
   it), measured in this run over ``--sb3-steps`` steps).
 
-Each scene has its recipe (``RECIPES``, 120k PPO steps per run on both; ``--wrist-camera``, ``--bc-loss``,
-``--self-imitation-coef`` and ``--steps`` override it for every scene):
+Each scene has its recipe (``RECIPES``, 120k PPO steps per run on both; ``--wrist-camera``,
+``--bc-loss``, ``--self-imitation-coef`` and ``--steps`` override it for every scene):
 
 * tabletop_push: the policy also sees the wrist camera, and BC uses the L1 loss on the action
   chunk. In the 64 px front view the cube is a few pixels: a front-only BC policy (seed 1)
@@ -22,9 +22,9 @@ Each scene has its recipe (``RECIPES``, 120k PPO steps per run on both; ``--wris
   0.18 to 0.60 and 0.64 (seeds 0 and 1, 50 evaluation episodes; 0.59 and 0.555 at 200).
 * tabletop_push without constrained self-imitation (``self_imitation_coef`` 0;
   :mod:`safetwin.train.self_imitation`). With it (coefficient 3, 180k steps per run),
-  ``make bench-train`` measured success 0.655 at cost 0.54 (BC 0.59: +6.5 points, about as
-  without it) and took 59.7 of the benchmark's 60 minutes
-  (``benchmarks/results/train_self_imitation_180k.json``), against 43 without it. Plain PPO-Lagrangian from the BC
+  ``make bench-train`` at commit d2c6b44 measured success 0.655 at cost 0.54 (BC 0.59: +6.5
+  points, about as without it) and took 59.7 of the benchmark's 60 minutes, against 43 without
+  it (``benchmarks/results/train_self_imitation_180k.json``). Plain PPO-Lagrangian from the BC
   policies of seeds 0, 1 and 2 (success 0.59, 0.555, 0.40) ended at 0.645, 0.655 and 0.44
   (costs 0.64, 0.69, 2.05; 240k steps on seed 0: 0.625); with self-imitation at 180k at 0.69,
   0.595 and 0.59 (costs 0.33, 0.56, 0.325); scratch runs from the same BC checkpoints, 200
@@ -101,18 +101,20 @@ def sb3_samples_per_s(scene: str, num_envs: int, steps: int, seed: int, wrist_ca
     return float(model.num_timesteps / elapsed)
 
 
+DEFAULT_RECIPE: dict[str, Any] = {"wrist_camera": False, "bc_loss": "mse", "self_imitation_coef": 0.0,
+                                  "total_steps": 120_000}
+"""Policy inputs, BC loss, self-imitation weight and PPO budget (env steps per run) of a scene
+without its own recipe."""
 RECIPES: dict[str, dict[str, Any]] = {
-    "reach_avoid": {"wrist_camera": False, "bc_loss": "mse", "self_imitation_coef": 0.0, "total_steps": 120_000},
-    "tabletop_push": {"wrist_camera": True, "bc_loss": "l1", "self_imitation_coef": 0.0, "total_steps": 120_000},
+    "reach_avoid": DEFAULT_RECIPE,
+    "tabletop_push": {**DEFAULT_RECIPE, "wrist_camera": True, "bc_loss": "l1"},
 }
-"""Per-scene policy inputs, BC loss, self-imitation weight and PPO budget (env steps per run; see
-the module docstring); other scenes: front camera, MSE, no self-imitation, 120k steps."""
+"""Per-scene recipes (see the module docstring)."""
 
 
 def recipe(scene: str, args: argparse.Namespace) -> dict[str, Any]:
     """The scene's ``TrainConfig`` options from ``RECIPES``, with the command line's overrides."""
-    out = {"wrist_camera": False, "bc_loss": "mse", "self_imitation_coef": 0.0, "total_steps": 120_000,
-           **RECIPES.get(scene, {})}
+    out = dict(RECIPES.get(scene, DEFAULT_RECIPE))
     if args.wrist_camera is not None:
         out["wrist_camera"] = scene in args.wrist_camera
     if args.bc_loss is not None:

@@ -4,8 +4,9 @@
 ``checkpoints/iter_<NNNNNN>/train_state.safetensors`` (+ ``.json``): the frozen reference
 (BC) policy's weights (``ref.*``), Adam moments (``optim.*``), the torch RNG state, and in the
 sidecar the iteration, env-step count, Lagrange state, numpy RNG state and the last episode
-metrics; with self-imitation on, its replay ring (``sil.*``, instructions in the sidecar). ``checkpoints/latest.json`` is replaced atomically only after the folder is complete,
-so a kill at any moment leaves the previous checkpoint usable. ``checkpoints/policy.safetensors``
+metrics; with self-imitation on, its replay ring (``sil.*``, instructions in the sidecar).
+``checkpoints/latest.json`` is replaced atomically only after the folder is complete, so a kill
+at any moment leaves the previous checkpoint usable. ``checkpoints/policy.safetensors``
 is a copy of the newest policy (the run's output). The two newest folders are kept.
 """
 
