@@ -30,6 +30,12 @@ Each scene has its recipe (``RECIPES``, 120k PPO steps per run on both; ``--wris
   0.595 and 0.59 (costs 0.33, 0.56, 0.325); scratch runs from the same BC checkpoints, 200
   evaluation episodes each (seed 0's with a first version that waited for 256 replayed
   decisions; the trainer waits for one minibatch).
+* 90 demonstrations (``--demos``) for both scenes. With 30 on tabletop_push (seed 0, the recipe
+  above, and again with self-imitation), PPO-Lagrangian's first 10 iterations (the BC policy
+  with exploration noise, mostly) cost 33 per episode (limit 2) at success 0.21 and 0.25
+  (with 90: 7.4 at 0.46); by step 98k and 95k the cost was down to 10 and 7, and the training
+  success to 0.14 and 0.11 (means over 10 iterations; the runs were stopped there, not
+  evaluated).
 * reach_avoid: front camera, MSE loss, no self-imitation. With the L1 loss (seed 0)
   BC still succeeded in every episode, but PPO-Lagrangian fine-tuning from it ended at cost
   4.88, over the limit of 2.
