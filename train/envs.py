@@ -129,12 +129,21 @@ def make_vector_env(env_id: str, num_envs: int, chunk_len: int, gamma: float,
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
-def done_episode_stats(infos: dict[str, Any]) -> list[dict[str, float]]:
-    """Per-episode summaries of the envs whose episode ended in this vector step."""
+def _final_episodes(infos: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray] | None:
+    """(the ``episode`` summaries, the (n,) bool mask of envs whose episode ended) of a vector
+    step's ``final_info``; None when no episode ended."""
     final = infos.get("final_info")
     if not final or "episode" not in final:
+        return None
+    return final["episode"], np.asarray(final["_episode"], dtype=bool)
+
+
+def done_episode_stats(infos: dict[str, Any]) -> list[dict[str, float]]:
+    """Per-episode summaries of the envs whose episode ended in this vector step."""
+    found = _final_episodes(infos)
+    if found is None:
         return []
-    ep, mask = final["episode"], final["_episode"]
+    ep, mask = found
     return [{key: float(ep[key][i]) for key in ep if not key.startswith("_")}
             for i in np.flatnonzero(mask)]
 
@@ -143,11 +152,12 @@ def done_episode_outcomes(infos: dict[str, Any], n: int) -> tuple[np.ndarray, np
     """Per env of a vector step: (episode ended (n,) bool, its success (n,) bool, its cost (n,)
     float64); success and cost are False and 0 where no episode ended."""
     done, success, cost = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float64)
-    final = infos.get("final_info")
-    if final and "episode" in final:
-        done[:] = np.asarray(final["_episode"], dtype=bool)
-        success[done] = np.asarray(final["episode"]["success"], dtype=np.float64)[done] > 0.5
-        cost[done] = np.asarray(final["episode"]["cost"], dtype=np.float64)[done]
+    found = _final_episodes(infos)
+    if found is not None:
+        ep, mask = found
+        done[:] = mask
+        success[done] = np.asarray(ep["success"], dtype=np.float64)[done] > 0.5
+        cost[done] = np.asarray(ep["cost"], dtype=np.float64)[done]
     return done, success, cost
 
 

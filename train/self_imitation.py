@@ -132,15 +132,23 @@ class SelfImitationReplay:
         return tensors, meta
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_tensors`' output (the pending episodes start empty)."""
-        n = int(meta["size"])
+        """Restore :meth:`state_tensors`' output (the pending episodes start empty).
+
+        The capacity may be larger than the saved ring's (a resume with a larger
+        ``self_imitation_capacity``): a full ring is then unrolled, oldest first, so the free slots
+        come after the newest decision. A smaller capacity than the decisions saved is an error.
+        """
+        n, pos = int(meta["size"]), int(meta["pos"])
         if n > self.capacity:
             raise ValueError(f"self-imitation replay: checkpoint holds {n} decisions, capacity is {self.capacity}")
+        order = np.arange(n)
+        if n < self.capacity and pos < n:  # a full ring of a smaller capacity: its oldest sits at pos
+            order, pos = np.roll(order, -pos), n
         for key, store in self.obs.items():
-            store[:n] = tensors[f"sil.obs.{key}"].numpy()
-        self.chunks[:n] = tensors["sil.chunks"].numpy()
-        self.instruction[:n] = list(meta["instruction"])
-        self.pos, self.size, self.episodes = int(meta["pos"]), n, int(meta["episodes"])
+            store[:n] = tensors[f"sil.obs.{key}"].numpy()[order]
+        self.chunks[:n] = tensors["sil.chunks"].numpy()[order]
+        self.instruction[:n] = [str(s) for s in np.asarray(meta["instruction"], dtype=object)[order]]
+        self.pos, self.size, self.episodes = pos % self.capacity, n, int(meta["episodes"])
         self.drop_pending()
 
 

@@ -73,6 +73,17 @@ def test_ring_keeps_the_newest_and_round_trips_through_a_checkpoint() -> None:
     assert np.array_equal(back.chunks, replay.chunks) and np.array_equal(back.obs["image"], replay.obs["image"])
     with pytest.raises(ValueError, match="capacity"):
         SelfImitationReplay(2, 2, SPACE, (2, 7)).load_state(tensors, meta)
+    larger = SelfImitationReplay(2, 5, SPACE, (2, 7))  # a resume with a larger capacity
+    larger.load_state(tensors, meta)
+    assert len(larger) == 3 and list(larger.chunks[:3, 0, 0]) == [20.0, 30.0, 40.0]  # oldest first
+    exact = SelfImitationReplay(2, 3, SPACE, (2, 7))  # that ring, not full, resumed at its exact size
+    exact.load_state(*larger.state_tensors())
+    fill(exact, range(5, 6))
+    exact.end_episodes(np.array([True, False]), np.array([True, False]), np.zeros(2))
+    assert list(exact.chunks[:, 0, 0]) == [50.0, 30.0, 40.0]  # the oldest is overwritten
+    fill(larger, range(5, 7))
+    larger.end_episodes(np.array([True, False]), np.array([True, False]), np.zeros(2))
+    assert len(larger) == 5 and list(larger.chunks[:, 0, 0]) == [20.0, 30.0, 40.0, 50.0, 60.0]  # no empty slot
     with pytest.raises(RuntimeError, match="empty"):
         SelfImitationReplay(2, 2, SPACE, (2, 7)).sample(1, np.random.default_rng(0))
 
